@@ -1,0 +1,459 @@
+"""Extract residual-stream hidden states at named token positions, batched, cached and resumable.
+
+Layer convention (the same as ``output_hidden_states``): index 0 is the embedding output (the input
+of the first decoder block) and index ``i`` is the output of decoder block ``i``; the last index has
+the model's final norm applied, exactly as transformers reports it.
+
+The forward runs the decoder only (never the LM head) and stops right after the deepest layer that
+is needed. Prompts are processed in chunks; each chunk is written atomically to a content-addressed
+cache, so a killed run resumes where it stopped and an identical second call does no forward at all.
+
+Example:
+    >>> from latentguard import models, activations
+    >>> lm = models.load("default")                                    # doctest: +SKIP
+    >>> acts = activations.extract(lm, ["How do I bake bread?"])       # doctest: +SKIP
+    >>> acts.activations.shape                                         # doctest: +SKIP
+    torch.Size([1, 31, 2, 576])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from latentguard.models import LoadedModel, _unwrap, cache_dir, find_final_norm
+from latentguard.positions import POSITION_NAMES, Positions, locate_many, model_max_length
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """An artifact on disk is corrupt or does not match what was asked for."""
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward after the deepest needed layer."""
+
+
+@dataclass
+class ActivationSet:
+    """Hidden states of ``n`` prompts at some layers and positions.
+
+    Attributes:
+        activations: ``[n, n_layers_stored, n_positions, d_model]``.
+        positions: Position names, in the order of axis 2.
+        layers: The ``output_hidden_states`` indices stored, in the order of axis 1.
+        instructions: The ``n`` instructions.
+        fingerprint: Fingerprint of the model that produced them.
+        meta: Everything else (dtype, prompt hash, template hash, question...).
+    """
+
+    activations: torch.Tensor
+    positions: tuple[str, ...]
+    layers: list[int]
+    instructions: list[str]
+    fingerprint: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        a = self.activations
+        if a.ndim != 4:
+            raise ArtifactError(f"activations must be 4-D [n, layers, positions, d], got {tuple(a.shape)}")
+        if a.shape[0] != len(self.instructions):
+            raise ArtifactError(f"{a.shape[0]} activation rows for {len(self.instructions)} instructions")
+        if a.shape[1] != len(self.layers) or a.shape[2] != len(self.positions):
+            raise ArtifactError("activation shape does not match layers/positions")
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the stored hidden states."""
+        return int(self.activations.shape[-1])
+
+    def at(self, position: str) -> torch.Tensor:
+        """``[n, n_layers_stored, d]`` at one named position."""
+        if position not in self.positions:
+            raise KeyError(f"position {position!r} not extracted; have {self.positions}")
+        return self.activations[:, :, self.positions.index(position)]
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> ActivationSet:
+        """The rows at ``index``, as a new set."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ActivationSet(
+            activations=self.activations[idx],
+            positions=self.positions,
+            layers=list(self.layers),
+            instructions=[self.instructions[int(i)] for i in idx],
+            fingerprint=self.fingerprint,
+            meta=dict(self.meta),
+        )
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ActivationSet:
+        """A copy on another device/dtype."""
+        return ActivationSet(
+            activations=self.activations.to(device=device, dtype=dtype),
+            positions=self.positions,
+            layers=list(self.layers),
+            instructions=list(self.instructions),
+            fingerprint=self.fingerprint,
+            meta=dict(self.meta),
+        )
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``activations.safetensors`` and ``meta.json`` into ``out_dir`` (atomically)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "positions": list(self.positions),
+            "layers": list(self.layers),
+            "layer_convention": "index 0 = embedding output; index i = output of decoder block i "
+            "(last index after the final norm), as output_hidden_states",
+            "shape": list(self.activations.shape),
+            "dtype": str(self.activations.dtype).replace("torch.", ""),
+            "fingerprint": self.fingerprint,
+            "prompt_hash": prompt_hash(self.instructions),
+            "instructions": self.instructions,
+            **{k: v for k, v in self.meta.items() if k not in {"instructions"}},
+        }
+        _atomic_save_tensors({"activations": self.activations.contiguous()}, out / "activations.safetensors")
+        _atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | os.PathLike[str], expect_fingerprint: str | None = None) -> ActivationSet:
+        """Read a set written by :meth:`save`, checking shape, NaNs and (optionally) the model."""
+        d = Path(in_dir)
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(d / "activations.safetensors"))
+        except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+            raise ArtifactError(f"cannot read activation set in {d}: {exc}") from exc
+        acts = tensors.get("activations")
+        if acts is None or list(acts.shape) != meta.get("shape"):
+            raise ArtifactError(f"{d}: activations missing or shape differs from meta.json")
+        if not torch.isfinite(acts).all():
+            raise ArtifactError(f"{d}: activations contain NaN or inf")
+        if expect_fingerprint is not None and meta.get("fingerprint") != expect_fingerprint:
+            raise ArtifactError(
+                f"{d} was extracted from model {meta.get('fingerprint')}, not the loaded model {expect_fingerprint}"
+            )
+        extra = {
+            k: v for k, v in meta.items() if k not in {"positions", "layers", "instructions", "fingerprint"}
+        }
+        return cls(
+            activations=acts,
+            positions=tuple(meta["positions"]),
+            layers=list(meta["layers"]),
+            instructions=list(meta["instructions"]),
+            fingerprint=str(meta["fingerprint"]),
+            meta=extra,
+        )
+
+
+def prompt_hash(instructions: Sequence[str]) -> str:
+    """Order-sensitive hash of a list of prompts."""
+    h = hashlib.sha256()
+    for s in instructions:
+        h.update(s.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The base decoder (no LM head) of a causal LM."""
+    base = _unwrap(model)
+    get_decoder = getattr(base, "get_decoder", None)
+    if callable(get_decoder):
+        dec = get_decoder()
+        if isinstance(dec, nn.Module) and dec is not base:
+            return dec
+    inner = getattr(base, "base_model", None)
+    if isinstance(inner, nn.Module) and inner is not base:
+        return inner
+    return base
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch of templated prompts."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    offsets: torch.Tensor  # [b] index of each row's first real token
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> Batch:
+    """Pad token-id lists into a batch; position ids count real tokens only."""
+    if padding_side not in ("left", "right"):
+        raise ValueError("padding_side must be 'left' or 'right'")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    offsets = torch.zeros(len(seqs), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        start = width - len(s) if padding_side == "left" else 0
+        ids[i, start : start + len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, start : start + len(s)] = 1
+        offsets[i] = start
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids, offsets=offsets)
+
+
+def hidden_at(
+    lm: LoadedModel,
+    prompts: Sequence[Positions],
+    names: Sequence[str],
+    layers: Sequence[int],
+    padding_side: str = "left",
+) -> torch.Tensor:
+    """One batched forward returning ``[b, len(layers), len(names), d]`` float32 on CPU.
+
+    Hooks read the residual stream at the requested indices; the forward stops after the deepest
+    one, and the LM head is never run.
+    """
+    n_layers = lm.n_layers
+    for i in layers:
+        if not 0 <= i <= n_layers:
+            raise ValueError(f"layer index {i} outside 0..{n_layers}")
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batch = pad_batch([p.input_ids for p in prompts], pad_id, padding_side)
+    gather = (
+        torch.tensor([[p.index(n) for n in names] for p in prompts], dtype=torch.long)
+        + batch.offsets[:, None]
+    )
+    rows = torch.arange(len(prompts))[:, None]
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    final_norm = find_final_norm(lm.model) if deepest == n_layers else None
+
+    def grab(index: int, hidden: torch.Tensor) -> None:
+        sel = hidden[rows.to(hidden.device), gather.to(hidden.device)]
+        if index == n_layers and final_norm is not None:
+            sel = final_norm(sel)
+        captured[index] = sel.detach().to("cpu", torch.float32)
+
+    def make_pre(index: int) -> Callable[..., None]:
+        def pre_hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            grab(index, hidden)
+            if index == deepest:
+                raise _StopForward
+
+        return pre_hook
+
+    def last_hook(_mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        grab(n_layers, hidden)
+        raise _StopForward
+
+    handles = []
+    try:
+        for i in sorted(set(layers)):
+            if i < n_layers:
+                handles.append(lm.layers[i].register_forward_pre_hook(make_pre(i), with_kwargs=True))
+            else:
+                handles.append(lm.layers[n_layers - 1].register_forward_hook(last_hook))
+        dev = lm.device
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            decoder_of(lm.model)(
+                input_ids=batch.input_ids.to(dev),
+                attention_mask=batch.attention_mask.to(dev),
+                position_ids=batch.position_ids.to(dev),
+                use_cache=False,
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [i for i in layers if i not in captured]
+    if missing:
+        raise RuntimeError(f"hooks did not fire for layers {missing}")
+    return torch.stack([captured[i] for i in layers], dim=1)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of :func:`extract` (each documented in ``help``)."""
+
+    positions: tuple[str, ...] = field(default=POSITION_NAMES, metadata={"help": "named token positions"})
+    layers: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "hidden-state indices; None = all"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
+    chunk_size: int = field(default=128, metadata={"help": "prompts per cached, atomically written chunk"})
+    padding_side: str = field(default="left", metadata={"help": "'left' or 'right'"})
+    question: str | None = field(default=None, metadata={"help": "question appended (reply inversion)"})
+    system: str | None = field(default=None, metadata={"help": "system prompt (else the template default)"})
+    use_cache: bool = field(default=True, metadata={"help": "read/write the chunk cache"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def _cache_key(
+    lm: LoadedModel, instructions: Sequence[str], cfg: ExtractConfig, layers: Sequence[int]
+) -> str:
+    payload = json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "fp": lm.fingerprint,
+            "tpl": lm.template_hash,
+            "dtype": str(lm.dtype),
+            "prompts": prompt_hash(instructions),
+            "positions": list(cfg.positions),
+            "layers": list(layers),
+            "question": cfg.question,
+            "system": cfg.system,
+            "chunk": cfg.chunk_size,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _load_chunk(path: Path, n: int, shape_tail: tuple[int, ...]) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))["activations"]
+    except (OSError, SafetensorError, KeyError) as exc:
+        logger.warning("discarding unreadable cache chunk %s: %s", path, exc)
+        path.unlink(missing_ok=True)
+        return None
+    if tuple(t.shape) != (n, *shape_tail) or not torch.isfinite(t).all():
+        logger.warning("discarding mismatched cache chunk %s", path)
+        path.unlink(missing_ok=True)
+        return None
+    return t
+
+
+def extract(
+    lm: LoadedModel,
+    instructions: Sequence[str],
+    config: ExtractConfig | None = None,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ActivationSet:
+    """Hidden states of ``instructions`` at ``config.positions`` for every (or the chosen) layer.
+
+    Args:
+        lm: A loaded model.
+        instructions: User instructions (each templated with the model's chat template).
+        config: Extraction options; defaults to ``t_inst`` and ``t_post_inst`` at all layers.
+        on_chunk: Called with the chunk index after each chunk is written (for tests/progress).
+
+    Returns:
+        An :class:`ActivationSet` with ``[n, n_layers+1, n_positions, d]`` float32 activations.
+    """
+    cfg = config or ExtractConfig()
+    if not instructions:
+        raise ValueError("no instructions to extract")
+    layers = list(cfg.layers) if cfg.layers is not None else list(range(lm.n_layers + 1))
+    prompts = locate_many(
+        lm.tokenizer,
+        instructions,
+        question=cfg.question,
+        system=cfg.system,
+        max_length=model_max_length(lm.model, lm.tokenizer),
+    )
+    for p in prompts[:1]:
+        for name in cfg.positions:
+            p.index(name)  # validates names early
+    key = _cache_key(lm, instructions, cfg, layers)
+    chunk_dir = cache_dir() / "activations" / key
+    shape_tail = (len(layers), len(cfg.positions), lm.d_model)
+    n = len(prompts)
+    chunks = [list(range(s, min(n, s + cfg.chunk_size))) for s in range(0, n, cfg.chunk_size)]
+    results: list[torch.Tensor] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc="extract", unit="prompt", disable=not cfg.progress, leave=False)
+    n_cached = 0
+    try:
+        for ci, idx in enumerate(chunks):
+            path = chunk_dir / f"chunk_{ci:05d}.safetensors"
+            cached = _load_chunk(path, len(idx), shape_tail) if cfg.use_cache else None
+            if cached is not None:
+                results.append(cached)
+                n_cached += len(idx)
+                bar.update(len(idx))
+                continue
+            order = sorted(idx, key=lambda i: len(prompts[i]), reverse=True)
+            out = torch.empty((len(idx), *shape_tail), dtype=torch.float32)
+            where = {i: k for k, i in enumerate(idx)}
+            for s in range(0, len(order), cfg.batch_size):
+                sub = order[s : s + cfg.batch_size]
+                h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side)
+                if not torch.isfinite(h).all():
+                    raise FloatingPointError("non-finite hidden states; try dtype=float32")
+                for j, i in enumerate(sub):
+                    out[where[i]] = h[j]
+                bar.update(len(sub))
+            if cfg.use_cache:
+                _atomic_save_tensors({"activations": out}, path, metadata={"key": key, "chunk": str(ci)})
+            results.append(out)
+            if on_chunk is not None:
+                on_chunk(ci)
+    finally:
+        bar.close()
+    if n_cached:
+        logger.info("served %d/%d prompts from the activation cache %s", n_cached, n, chunk_dir)
+    acts = torch.cat(results, dim=0)
+    return ActivationSet(
+        activations=acts,
+        positions=tuple(cfg.positions),
+        layers=layers,
+        instructions=list(instructions),
+        fingerprint=lm.fingerprint,
+        meta={
+            "model": lm.spec,
+            "template_hash": lm.template_hash,
+            "model_dtype": str(lm.dtype).replace("torch.", ""),
+            "question": cfg.question,
+            "system": cfg.system,
+            "n_layers": lm.n_layers,
+            "cache_key": key,
+            "n_from_cache": n_cached,
+        },
+    )

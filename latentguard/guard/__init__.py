@@ -1,0 +1,1 @@
+"""Latent Guard: classify prompts as harmful from an LLM's own hidden states."""

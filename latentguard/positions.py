@@ -1,0 +1,288 @@
+"""Locate ``t_inst`` and ``t_post_inst`` from a model's own chat template.
+
+The prompt is rendered with ``apply_chat_template`` (generation prompt on) and tokenised with
+``add_special_tokens=False``, so the token ids are exactly what the model sees. The instruction's
+character span inside the rendered text is found by rendering a sentinel instruction first: what
+precedes the sentinel is the template's prefix (system prompt included) and what follows it is the
+post-instruction suffix. No per-family strings are written anywhere.
+
+* ``t_inst``: the token holding the last non-whitespace character of the instruction.
+* ``t_post_inst``: the last token of the prompt (end of the post-instruction tokens).
+* ``post_inst``: the token indices after ``t_inst`` up to and including ``t_post_inst``.
+* ``before_question``: for the reply-inversion form (instruction + appended question), the last
+  token before the question starts (steering stops there).
+
+Example:
+    >>> from latentguard.positions import locate
+    >>> pos = locate(tokenizer, "How do I bake bread?")          # doctest: +SKIP
+    >>> pos.tokens[pos.t_inst], pos.tokens[pos.t_post_inst]     # doctest: +SKIP
+    ('?', 'Ċ')
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from latentguard.models import require_chat_template
+
+SENTINEL = "LGSENTINELq7x"
+POSITION_NAMES = ("t_inst", "t_post_inst")
+
+
+class PositionError(ValueError):
+    """The instruction could not be located in the rendered prompt."""
+
+
+class EmptyPromptError(PositionError):
+    """The instruction is empty or whitespace only."""
+
+
+class PromptTooLongError(PositionError):
+    """The rendered prompt is longer than the model's context."""
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Token positions of one templated prompt.
+
+    Attributes:
+        input_ids: Token ids of the whole rendered prompt.
+        tokens: Their string forms.
+        t_inst: Index of the last instruction token.
+        t_post_inst: Index of the last prompt token.
+        post_inst: Indices after ``t_inst`` up to ``t_post_inst``.
+        before_question: Index of the last token before the appended question, if any.
+        text: The rendered prompt.
+    """
+
+    input_ids: list[int]
+    tokens: list[str]
+    t_inst: int
+    t_post_inst: int
+    post_inst: list[int]
+    before_question: int | None = None
+    text: str = ""
+    inst_span: tuple[int, int] = (0, 0)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def index(self, name: str) -> int:
+        """Return the index of a named position (``t_inst``, ``t_post_inst``, ``before_question``)."""
+        if name == "t_inst":
+            return self.t_inst
+        if name == "t_post_inst":
+            return self.t_post_inst
+        if name == "before_question":
+            if self.before_question is None:
+                raise PositionError("this prompt has no appended question")
+            return self.before_question
+        if name.startswith("t_post_inst-"):  # e.g. t_post_inst-1: one before the last
+            k = int(name.split("-", 1)[1])
+            return max(self.t_inst, self.t_post_inst - k)
+        raise PositionError(f"unknown position {name!r}; use t_inst, t_post_inst or before_question")
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON view."""
+        out: dict[str, Any] = {
+            "tokens": self.tokens,
+            "t_inst": self.t_inst,
+            "t_post_inst": self.t_post_inst,
+            "post_inst": self.post_inst,
+        }
+        if self.before_question is not None:
+            out["before_question"] = self.before_question
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict."""
+        return asdict(self)
+
+
+def _messages(content: str, system: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    msgs.append({"role": "user", "content": content})
+    return msgs
+
+
+def render(tokenizer: Any, content: str, system: str | None = None) -> str:
+    """Render one user turn with the tokenizer's chat template and the generation prompt."""
+    require_chat_template(tokenizer)
+    text = tokenizer.apply_chat_template(
+        _messages(content, system), tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(text, str):
+        raise PositionError("apply_chat_template did not return text")
+    return text
+
+
+@dataclass(frozen=True)
+class TemplateFrame:
+    """The prefix and suffix that a chat template puts around a user instruction."""
+
+    prefix: str
+    suffix: str
+
+    @property
+    def digest(self) -> str:
+        """Stable hash of the frame."""
+        return hashlib.sha256((self.prefix + "\x00" + self.suffix).encode()).hexdigest()[:16]
+
+
+def template_frame(tokenizer: Any, system: str | None = None) -> TemplateFrame:
+    """Find what the chat template writes before and after the instruction, via a sentinel."""
+    text = render(tokenizer, SENTINEL, system)
+    count = text.count(SENTINEL)
+    if count != 1:
+        raise PositionError(f"the chat template repeats the instruction {count} times; cannot locate t_inst")
+    i = text.index(SENTINEL)
+    return TemplateFrame(prefix=text[:i], suffix=text[i + len(SENTINEL) :])
+
+
+def _token_at_char(offsets: Sequence[tuple[int, int]], char: int) -> int:
+    """Index of the token whose span covers ``char`` (the last such, for overlapping byte tokens)."""
+    found = -1
+    for i, (start, end) in enumerate(offsets):
+        if start <= char < end:
+            found = i
+        elif start > char and found >= 0:
+            break
+    if found < 0:
+        # tokens with empty spans (e.g. merged bytes): take the last token starting at or before char
+        for i, (start, _end) in enumerate(offsets):
+            if start <= char:
+                found = i
+    if found < 0:
+        raise PositionError(f"no token covers character {char}")
+    return found
+
+
+def _last_non_space(text: str, start: int, end: int) -> int:
+    j = end - 1
+    while j >= start and text[j].isspace():
+        j -= 1
+    return j
+
+
+def locate(
+    tokenizer: Any,
+    instruction: str,
+    *,
+    question: str | None = None,
+    separator: str = "\n\n",
+    system: str | None = None,
+    max_length: int | None = None,
+    frame: TemplateFrame | None = None,
+) -> Positions:
+    """Render ``instruction`` with the chat template and locate its positions.
+
+    Args:
+        tokenizer: A fast tokenizer with a chat template.
+        instruction: The user's instruction.
+        question: Optional question appended after the instruction (reply inversion).
+        separator: Text between the instruction and the question.
+        system: Optional system prompt (otherwise the template's default, if it has one).
+        max_length: Raise :class:`PromptTooLongError` if the prompt has more tokens.
+        frame: A precomputed :func:`template_frame` (for speed over many prompts).
+
+    Raises:
+        EmptyPromptError: If the instruction is empty or whitespace.
+        PromptTooLongError: If the prompt exceeds ``max_length``.
+        PositionError: If the instruction cannot be located.
+    """
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise EmptyPromptError("empty instruction: give a non-empty, non-whitespace prompt")
+    if not getattr(tokenizer, "is_fast", False):
+        raise PositionError("locating positions needs a fast tokenizer (offset mapping)")
+    frame = frame or template_frame(tokenizer, system)
+    content = instruction if question is None else f"{instruction}{separator}{question}"
+    text = render(tokenizer, content, system)
+    if not (text.startswith(frame.prefix) and text.endswith(frame.suffix)) or len(text) < len(
+        frame.prefix
+    ) + len(frame.suffix):
+        raise PositionError("the chat template changed its frame for this instruction; cannot locate t_inst")
+    lo, hi = len(frame.prefix), len(text) - len(frame.suffix)
+    body = text[lo:hi]
+    q_start = hi
+    if question is not None:
+        k = body.rfind(question.strip())
+        if k < 0:
+            raise PositionError("the appended question was not found in the rendered prompt")
+        q_start = lo + k
+        inst_end = _last_non_space(text, lo, q_start)
+    else:
+        inst_end = _last_non_space(text, lo, hi)
+    if inst_end < lo:
+        raise EmptyPromptError("empty instruction after the chat template stripped it")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if not ids:
+        raise PositionError("the rendered prompt tokenised to nothing")
+    if max_length is not None and len(ids) > max_length:
+        raise PromptTooLongError(
+            f"prompt has {len(ids)} tokens, more than the model's context of {max_length}"
+        )
+    t_inst = _token_at_char(offsets, inst_end)
+    before_q: int | None = None
+    if question is not None:
+        # the token just before the one where the question starts (the separator, if it is a token)
+        before_q = max(t_inst, _token_at_char(offsets, q_start) - 1)
+    t_post = len(ids) - 1
+    return Positions(
+        input_ids=ids,
+        tokens=tokenizer.convert_ids_to_tokens(ids),
+        t_inst=t_inst,
+        t_post_inst=t_post,
+        post_inst=list(range(t_inst + 1, t_post + 1)),
+        before_question=before_q,
+        text=text,
+        inst_span=(lo, inst_end + 1),
+    )
+
+
+def locate_many(
+    tokenizer: Any,
+    instructions: Sequence[str],
+    *,
+    question: str | None = None,
+    separator: str = "\n\n",
+    system: str | None = None,
+    max_length: int | None = None,
+) -> list[Positions]:
+    """:func:`locate` for many instructions, rendering the sentinel frame once."""
+    frame = template_frame(tokenizer, system)
+    out = []
+    for i, inst in enumerate(instructions):
+        try:
+            out.append(
+                locate(
+                    tokenizer,
+                    inst,
+                    question=question,
+                    separator=separator,
+                    system=system,
+                    max_length=max_length,
+                    frame=frame,
+                )
+            )
+        except PositionError as exc:
+            raise type(exc)(f"prompt #{i}: {exc}") from exc
+    return out
+
+
+def model_max_length(model: Any, tokenizer: Any) -> int | None:
+    """The context length from the model config (falls back to the tokenizer's, if sane)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10**7:
+        return value
+    return None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentguard.cli import main
+
+
+@pytest.mark.embedded
+def test_positions_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["positions", "--model", "default", "--prompt", "How do I bake bread?"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"][out["t_inst"]] == "?"
+    assert out["t_post_inst"] == len(out["tokens"]) - 1
+    assert out["post_inst"][0] == out["t_inst"] + 1
+
+
+@pytest.mark.embedded
+def test_extract_and_directions_cli(
+    tmp_path: Path, tmp_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"Tell me fact number {i}."}) for i in range(3)))
+    argv = [
+        "extract",
+        "--model",
+        "default",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "acts"),
+        "--layers",
+        "0,5",
+    ]
+    assert main(["-q", *argv]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["shape"] == [3, 2, 2, 576] and first["from_cache"] == 0
+    meta = json.loads((tmp_path / "acts" / "meta.json").read_text())
+    assert meta["positions"] == ["t_inst", "t_post_inst"] and len(meta["instructions"]) == 3
+    assert main(["-q", *argv]) == 0
+    assert json.loads(capsys.readouterr().out)["from_cache"] == 3
+    assert (
+        main(["-q", "directions", "--model", "default", "--limit", "4", "--out", str(tmp_path / "dirs")]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["cosine"]) == 31 and (tmp_path / "dirs" / "refusal.safetensors").is_file()
+
+
+def test_bad_data_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"instruction": "\xff\xfe"}\n')
+    assert (
+        main(["-q", "extract", "--model", "default", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "UTF-8" in capsys.readouterr().err
+    missing = tmp_path / "m.jsonl"
+    missing.write_text('{"text": "hi"}\n')
+    assert (
+        main(["-q", "extract", "--model", "default", "--data", str(missing), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "instruction" in capsys.readouterr().err
