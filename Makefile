@@ -21,7 +21,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/latentguard directions --model default --out runs/demo $(DEMO_ARGS)
+	$(VENV)/bin/latentguard run --model organism --out runs/demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

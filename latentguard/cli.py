@@ -131,6 +131,319 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    from latentguard.activations import _atomic_write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _read_rows(path: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    from latentguard.data import DataError
+
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 ({exc})") from exc
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
+        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(f"{p}:{n}: missing field(s) {missing}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{p}: empty file (no rows)")
+    return rows
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from latentguard.data import load_any
+    from latentguard.generation import GenerationConfig, generate
+    from latentguard.judge import load_judge
+
+    examples = load_any(args.data, limit=args.limit)
+    lm = _load_model(args)
+    insts = [e.instruction for e in examples]
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        system=args.system,
+        progress=not args.quiet,
+    )
+    responses = generate(lm, insts, cfg)
+    verdicts = load_judge(args.judge).judge(responses, insts)
+    rows = [
+        {**e.meta, "instruction": e.instruction, "response": r, "refused": v.refused, "score": v.score}
+        for e, r, v in zip(examples, responses, verdicts, strict=True)
+    ]
+    _write_jsonl(args.out, rows)
+    _print_json(
+        {"out": args.out, "n": len(rows), "refusal_rate": sum(r["refused"] for r in rows) / len(rows)}
+    )
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from latentguard.judge import load_judge
+
+    rows = _read_rows(args.data, ["response"])
+    judge = load_judge(args.judge)
+    insts = [str(r.get("instruction", "")) for r in rows] if all("instruction" in r for r in rows) else None
+    verdicts = judge.judge([str(r["response"]) for r in rows], insts)
+    out = [{**r, "refused": v.refused, "score": v.score} for r, v in zip(rows, verdicts, strict=True)]
+    _write_jsonl(args.out, out)
+    _print_json(
+        {
+            "out": args.out,
+            "n": len(out),
+            "judge": judge.name,
+            "refusal_rate": sum(r["refused"] for r in out) / len(out),
+        }
+    )
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from latentguard.behaviour import label
+    from latentguard.data import load_any
+    from latentguard.judge import load_judge
+
+    harmful = load_any(args.harmful, limit=args.limit)
+    harmless = load_any(args.harmless, limit=args.limit)
+    lm = _load_model(args)
+    groups = label(
+        lm,
+        harmful,
+        harmless,
+        judge=load_judge(args.judge),
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.quiet,
+    )
+    groups.save(args.out)
+    _print_json({"out": args.out, "counts": groups.counts()})
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from latentguard.organism import AlignConfig, align
+
+    cfg = AlignConfig(
+        seed=args.seed, epochs=args.epochs, lr=args.lr, lora_r=args.lora_r, extra_shared=not args.builtin_only
+    )
+    report = align(
+        args.model, args.out, cfg, harmful=args.harmful, harmless=args.harmless, evaluate=not args.no_eval
+    )
+    _print_json(
+        {k: report[k] for k in ("fingerprint", "steps", "seconds", "heldout") if k in report}
+        | {"out": args.out}
+    )
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from latentguard.organism import AttackConfig, attack
+
+    report = attack(
+        args.model, args.out, AttackConfig(seed=args.seed, steps=args.steps), harmful=args.harmful
+    )
+    _print_json(
+        {k: report[k] for k in ("n_examples", "loss_first", "loss_last", "seconds")} | {"out": args.out}
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from latentguard.analysis.study import StudyConfig, run_study
+
+    cfg = StudyConfig(
+        quick=args.quick,
+        seed=args.seed,
+        use_shared=not args.builtin_only,
+        attack=not args.no_attack,
+        coefficient=args.coefficient,
+    )
+    summary = run_study(args.model, args.out, cfg, progress=None if args.quiet else logger.info)
+    _print_json(
+        {
+            "out": args.out,
+            "report": str(Path(args.out) / "report.html"),
+            "groups": summary["meta"]["groups"],
+            "timings": summary["meta"]["timings"],
+        }
+    )
+    return 0
+
+
+def cmd_guard_fit(args: argparse.Namespace) -> int:
+    from latentguard.guard.fit import GuardConfig, fit_guard
+
+    harmful = _instructions(args.harmful, args.limit)
+    harmless = _instructions(args.harmless, args.limit)
+    lm = _load_model(args)
+    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+    cfg = GuardConfig(
+        method=args.method,
+        layers=layers,
+        position=args.position,
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    guard = fit_guard(lm, harmful, harmless, cfg)
+    path = guard.save(args.out)
+    _print_json({"out": str(path), **guard.summary()})
+    return 0
+
+
+def _load_guard(args: argparse.Namespace) -> tuple[Any, Any]:
+    import json as _json
+
+    from latentguard.guard.fit import LatentGuard
+
+    meta_path = Path(args.guard)
+    meta_file = meta_path if meta_path.suffix == ".json" else meta_path.with_suffix(".json")
+    if meta_path.is_dir():
+        meta_file = meta_path / "guard.json"
+    if args.model is None:
+        try:
+            args.model = _json.loads(meta_file.read_text(encoding="utf-8")).get("model") or "organism"
+        except (OSError, ValueError):
+            args.model = "organism"
+    lm = _load_model(args)
+    return lm, LatentGuard.load(args.guard, lm)
+
+
+def cmd_guard_check(args: argparse.Namespace) -> int:
+    from latentguard.guard.score import check
+
+    lm, guard = _load_guard(args)
+    if args.prompt is not None:
+        res = check(lm, guard, [args.prompt])[0]
+        _print_json({"harmful": res.harmful, "score": res.score, "layer_scores": res.layer_scores})
+        return 0
+    if not (args.data and args.out):
+        raise ValueError("give --prompt TEXT, or --data FILE and --out FILE")
+    from latentguard.data import load_any
+
+    examples = load_any(args.data)
+    results = check(lm, guard, [e.instruction for e in examples], batch_size=args.batch_size)
+    rows = [
+        {
+            **e.meta,
+            "instruction": e.instruction,
+            "harmful": r.harmful,
+            "score": r.score,
+            "layer_scores": r.layer_scores,
+        }
+        for e, r in zip(examples, results, strict=True)
+    ]
+    _write_jsonl(args.out, rows)
+    _print_json({"out": args.out, "n": len(rows), "flagged": sum(r["harmful"] for r in rows)})
+    return 0
+
+
+def _repair_direction(lm: Any, args: argparse.Namespace) -> Any:
+    if not getattr(args, "refusal_direction", None):
+        return None
+    from latentguard.directions import Directions
+
+    return Directions.load(args.refusal_direction, expect_fingerprint=lm.fingerprint)
+
+
+def cmd_guard_chat(args: argparse.Namespace) -> int:
+    from latentguard.guard.guarded import guarded_generate
+    from latentguard.judge import load_judge
+
+    lm, guard = _load_guard(args)
+    direction = _repair_direction(lm, args)
+    judge = load_judge() if direction is not None else None
+    prompts = [args.prompt] if args.prompt else None
+    while True:
+        if prompts is None:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return 0
+            if not line.strip():
+                continue
+            batch = [line]
+        else:
+            batch = prompts
+        reply = guarded_generate(
+            lm,
+            guard,
+            batch,
+            policy=args.policy,
+            max_new_tokens=args.max_new_tokens,
+            judge=judge,
+            repair=direction is not None,
+            refusal_direction=direction,
+        )[0]
+        _print_json(
+            {
+                "harmful": reply.harmful,
+                "score": reply.score,
+                "blocked": reply.blocked,
+                "flagged": reply.flagged,
+                "response": reply.response,
+                "refused": reply.refused,
+                "repaired_response": reply.repaired_response,
+            }
+        )
+        if prompts is not None:
+            return 0
+
+
+def cmd_guard_eval(args: argparse.Namespace) -> int:
+    from latentguard.activations import _atomic_write_text
+    from latentguard.guard.table import EvalConfig, evaluate_guards, format_table
+    from latentguard.judge import load_judge
+    from latentguard.models import load
+
+    lm = _load_model(args)
+    attacked = load(args.attacked) if args.attacked else None
+    cfg = EvalConfig(quick=args.quick, seed=args.seed, use_shared=not args.builtin_only, method=args.method)
+    table = evaluate_guards(
+        lm, load_judge(), cfg, attacked=attacked, progress=None if args.quiet else logger.info
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
+    text = format_table(table)
+    if "after_attack" in table:
+        text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])
+    _atomic_write_text(out / "guard_eval.md", text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from latentguard.guard.guarded import LatentGuardBackend
+    from latentguard.guard.serve import ServeConfig, read_token_file, run
+    from latentguard.judge import load_judge
+
+    lm, guard = _load_guard(args)
+    token = read_token_file(args.token_file) if args.token_file else None
+    direction = _repair_direction(lm, args)
+    backend = LatentGuardBackend(
+        lm,
+        guard,
+        judge=load_judge() if direction is not None else None,
+        repair=direction is not None,
+        refusal_direction=direction,
+    )
+    run(backend, ServeConfig(host=args.host, port=args.port, token=token))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -173,6 +486,121 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_directions)
+
+    p = sub.add_parser("generate", help="batched greedy generation + refusal judgement -> JSONL")
+    _add_model_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--judge", default="learned", choices=("learned", "substring"))
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="add refused/score to rows with a 'response' field")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--judge", default="learned", choices=("learned", "substring"))
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("label", help="behaviour groups: refused/accepted x harmful/harmless")
+    _add_model_args(p)
+    p.add_argument("--harmful", default="builtin:harmful")
+    p.add_argument("--harmless", default="builtin:harmless")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--judge", default="learned", choices=("learned", "substring"))
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("align", help="safety-tune a model with LoRA (the model organism)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", required=True)
+    p.add_argument("--harmful", default=None, help="extra harmful instructions (trained to refusals)")
+    p.add_argument("--harmless", default=None, help="extra harmless instructions (trained to own answers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--builtin-only", action="store_true", help="do not add ../shared/data training rows")
+    p.add_argument("--no-eval", action="store_true", help="skip held-out refusal rates")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("attack", help="finetuning attack: LoRA steps towards compliant answers")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--harmful", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=24)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("run", help="the whole study: summary.json, figures, report.html")
+    p.add_argument("--model", default="organism")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--quick", action="store_true", help="small sets, coarse sweeps (CI)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coefficient", type=float, default=1.0)
+    p.add_argument("--builtin-only", action="store_true")
+    p.add_argument("--no-attack", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    guard = sub.add_parser("guard", help="Latent Guard: fit, check, chat, eval").add_subparsers(
+        dest="guard_command", required=True
+    )
+    p = guard.add_parser("fit", help="fit a guard from the model's own t_inst hidden states")
+    _add_model_args(p)
+    p.add_argument("--harmful", default="builtin:harmful")
+    p.add_argument("--harmless", default="builtin:harmless")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
+    p.add_argument("--layers", default=None, help="candidate layers (default all)")
+    p.add_argument("--position", default="t_inst")
+    p.add_argument("--target-fpr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_guard_fit)
+
+    def guard_model_args(p: argparse.ArgumentParser) -> None:
+        _add_model_args(p)
+        p.set_defaults(model=None)
+        p.add_argument("--guard", required=True, help="guard artifact (from guard fit)")
+
+    p = guard.add_parser("check", help="classify prompts with a guard")
+    guard_model_args(p)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_guard_check)
+
+    p = guard.add_parser("chat", help="guarded generation (interactive without --prompt)")
+    guard_model_args(p)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--policy", choices=("block", "flag", "allow"), default="block")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
+    p.set_defaults(func=cmd_guard_chat)
+
+    p = guard.add_parser("eval", help="compare Latent Guard with other guards (paper Table 1 style)")
+    _add_model_args(p)
+    p.set_defaults(model="organism")
+    p.add_argument(
+        "--attacked", default=None, help="attacked model (e.g. 'attacked') for the robustness rows"
+    )
+    p.add_argument("--out", default="runs/guard-eval")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--builtin-only", action="store_true")
+    p.set_defaults(func=cmd_guard_eval)
+
+    p = sub.add_parser("serve", help="serve a guard over HTTP (FastAPI + uvicorn)")
+    guard_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", default=None, help="file holding the bearer token")
+    p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
+    p.set_defaults(func=cmd_serve)
 
     return parser
 

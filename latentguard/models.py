@@ -388,6 +388,10 @@ def resolve_spec(spec: str) -> str:
         from latentguard.organism import organism_dir
 
         return str(organism_dir())
+    if spec == "attacked":
+        from latentguard.organism import attacked_dir
+
+        return str(attacked_dir())
     return spec
 
 

@@ -1,0 +1,749 @@
+"""Fit a Latent Guard: a harmfulness classifier read from the model's own hidden states at ``t_inst``.
+
+Two methods:
+
+* ``centroid`` (the paper's): per layer, ``s_l(h) = cos(h, C_harmful) - cos(h, C_harmless)`` with the
+  class centroids of the training split; the score is the mean of ``s_l`` over a contiguous range of
+  layers, the range that maximises validation AUROC.
+* ``probe``: a logistic regression on the standardised hidden state of the single layer with the best
+  validation AUROC.
+
+``auto`` fits both and keeps the one with the higher validation AUROC (ties go to ``centroid``). The
+decision threshold is set on the validation harmless prompts so that their false-positive rate is at
+most ``target_fpr`` (placed half-way to the next validation score, for margin); a prompt is harmful
+when ``score > threshold``. All statistics are float64.
+
+The guard is fitted on the training split only; the validation split picks the layers, the method
+and the threshold, so the stored validation metrics are selection metrics (slightly optimistic):
+measure on held-out prompts for a final number.
+
+Example:
+    >>> from latentguard.guard.fit import fit_guard, GuardConfig
+    >>> guard = fit_guard(lm, harmful, harmless, GuardConfig(method="auto"))     # doctest: +SKIP
+    >>> guard.metrics["val_auroc"], guard.layers                                 # doctest: +SKIP
+    (0.99, [9, 10, 11, 12])
+    >>> guard.save("guard")                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors_bytes
+
+from latentguard.activations import (
+    ArtifactError,
+    ExtractConfig,
+    _atomic_save_tensors,
+    _atomic_write_text,
+    extract,
+)
+from latentguard.guard.evaluate import auroc, separation, threshold_at_fpr, tpr_at_fpr
+from latentguard.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KIND = "latentguard.guard"
+METHODS = ("centroid", "probe")
+#: Relative depth preferred when probe layers tie on validation AUROC and separation.
+PREFERRED_DEPTH = 0.6
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Options of :func:`fit_guard` (each documented in ``help``).
+
+    Raises:
+        ValueError: On construction, if an option is out of range.
+    """
+
+    method: str = field(
+        default="auto",
+        metadata={
+            "help": "'centroid' (cosine to class centroids, averaged over a layer range), 'probe' "
+            "(logistic regression on one layer) or 'auto' (fit both, keep the better on validation "
+            "AUROC; ties go to centroid)"
+        },
+    )
+    layers: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "candidate hidden-state indices (0 = embeddings); None = all blocks 1..n_layers"},
+    )
+    position: str = field(default="t_inst", metadata={"help": "token position read (t_inst in the paper)"})
+    target_fpr: float = field(
+        default=0.05,
+        metadata={"help": "threshold chosen on validation harmless prompts so their FPR is at most this"},
+    )
+    val_fraction: float = field(
+        default=0.25, metadata={"help": "fraction of each class held out for validation"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    C: float = field(default=1.0, metadata={"help": "inverse L2 regularisation of the probe"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward during extraction"})
+    progress: bool = field(default=False, metadata={"help": "show an extraction progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.method not in (*METHODS, "auto"):
+            raise ValueError(f"method must be 'centroid', 'probe' or 'auto', got {self.method!r}")
+        if not 0.0 <= self.target_fpr < 1.0:
+            raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not (self.C > 0 and math.isfinite(self.C)):
+            raise ValueError(f"C must be a positive number, got {self.C}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.layers is not None and not self.layers:
+            raise ValueError("layers must be None (all) or a non-empty tuple")
+
+
+def _cosine(h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Cosine of each row of ``h`` ``[n, d]`` with ``c`` ``[d]``, float64."""
+    h64, c64 = h.to(torch.float64), c.to(device=h.device, dtype=torch.float64)
+    return (h64 @ c64) / (h64.norm(dim=-1) * c64.norm()).clamp_min(_EPS)
+
+
+@dataclass
+class LatentGuard:
+    """A fitted harmfulness classifier on hidden states.
+
+    Attributes:
+        method: ``"centroid"`` or ``"probe"``.
+        layers: Hidden-state indices the score reads (the centroid range, or ``[probe_layer]``).
+        position: Token position read (``t_inst``).
+        threshold: A prompt is harmful when ``score > threshold``.
+        centroids_harmful: Centroid method: ``{layer: [d]}`` mean harmful state.
+        centroids_harmless: Centroid method: ``{layer: [d]}`` mean harmless state.
+        probe_weight: Probe method: ``[d]`` logistic-regression weights on standardised features.
+        probe_bias: Probe method: the intercept.
+        probe_layer: Probe method: the layer read.
+        feature_mean: Probe method: ``[d]`` training mean used for standardising.
+        feature_std: Probe method: ``[d]`` training standard deviation used for standardising.
+        fingerprint: Fingerprint of the model it was fitted on.
+        template_hash: Hash of that model's chat template.
+        model: The model spec (for humans).
+        metrics: Validation AUROC, TPR at 1%/5% FPR, threshold, split sizes...
+        meta: Everything else (config, per-layer validation AUROC, ...).
+    """
+
+    method: str
+    layers: list[int]
+    position: str
+    threshold: float
+    centroids_harmful: dict[int, torch.Tensor] | None = None
+    centroids_harmless: dict[int, torch.Tensor] | None = None
+    probe_weight: torch.Tensor | None = None
+    probe_bias: float | None = None
+    probe_layer: int | None = None
+    feature_mean: torch.Tensor | None = None
+    feature_std: torch.Tensor | None = None
+    fingerprint: str = ""
+    template_hash: str = ""
+    model: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ArtifactError(f"unknown guard method {self.method!r}; expected one of {METHODS}")
+        self.layers = [int(i) for i in self.layers]
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ArtifactError(f"guard layers must be non-empty and distinct, got {self.layers}")
+        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold):
+            raise ArtifactError(f"guard threshold must be a number, got {self.threshold!r}")
+        self.threshold = float(self.threshold)
+        tensors: list[tuple[str, torch.Tensor]] = []
+        if self.method == "centroid":
+            if self.centroids_harmful is None or self.centroids_harmless is None:
+                raise ArtifactError("a centroid guard needs both centroid sets")
+            for name, cents in (("harmful", self.centroids_harmful), ("harmless", self.centroids_harmless)):
+                if sorted(cents) != sorted(self.layers):
+                    raise ArtifactError(
+                        f"{name} centroids cover layers {sorted(cents)}, but the guard reads {self.layers}"
+                    )
+                tensors += [(f"{name} centroid at layer {i}", v) for i, v in cents.items()]
+        else:
+            if (
+                self.probe_weight is None
+                or self.probe_bias is None
+                or self.probe_layer is None
+                or self.feature_mean is None
+                or self.feature_std is None
+            ):
+                raise ArtifactError("a probe guard needs weight, bias, layer, feature mean and std")
+            if self.layers != [self.probe_layer]:
+                raise ArtifactError(f"a probe guard reads only its probe layer, got layers {self.layers}")
+            if not math.isfinite(self.probe_bias):
+                raise ArtifactError("the probe bias is not finite")
+            self.probe_bias = float(self.probe_bias)
+            tensors += [
+                ("probe weight", self.probe_weight),
+                ("feature mean", self.feature_mean),
+                ("feature std", self.feature_std),
+            ]
+            if bool((self.feature_std <= 0).any()):
+                raise ArtifactError("feature std must be positive")
+        dims = {tuple(t.shape) for _, t in tensors}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise ArtifactError(f"guard vectors must all be 1-D of one size, got shapes {sorted(dims)}")
+        for name, t in tensors:
+            if not torch.isfinite(t).all():
+                raise ArtifactError(f"the guard's {name} contains NaN or inf")
+
+    @property
+    def d_model(self) -> int:
+        """Width of the hidden states the guard reads."""
+        if self.method == "centroid":
+            assert self.centroids_harmful is not None
+            return int(next(iter(self.centroids_harmful.values())).shape[0])
+        assert self.probe_weight is not None
+        return int(self.probe_weight.shape[0])
+
+    def score_activations(
+        self, acts: torch.Tensor, stored_layers: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Score hidden states.
+
+        Args:
+            acts: ``[n, len(stored_layers), d]`` hidden states at the guard's position.
+            stored_layers: The hidden-state index of each slice of axis 1; must include :attr:`layers`.
+
+        Returns:
+            ``(score, per_layer)``: the ``[n]`` float64 score (higher = more harmful) and ``{layer: [n]}``
+            per-layer scores (for a probe, the single layer's logit).
+
+        Raises:
+            ValueError: If the shape is wrong or a needed layer is missing.
+        """
+        stored = [int(i) for i in stored_layers]
+        if acts.ndim != 3 or acts.shape[1] != len(stored):
+            raise ValueError(f"acts must be [n, {len(stored)} stored layers, d], got {tuple(acts.shape)}")
+        if acts.shape[2] != self.d_model:
+            raise ValueError(f"acts have width {acts.shape[2]}, the guard expects {self.d_model}")
+        where = {layer: k for k, layer in enumerate(stored)}
+        missing = [i for i in self.layers if i not in where]
+        if missing:
+            raise ValueError(f"the guard needs layers {missing}, which are not among {stored}")
+        x = acts.to(torch.float64)
+        per: dict[int, torch.Tensor] = {}
+        if self.method == "centroid":
+            assert self.centroids_harmful is not None and self.centroids_harmless is not None
+            for i in self.layers:
+                h = x[:, where[i]]
+                per[i] = _cosine(h, self.centroids_harmful[i]) - _cosine(h, self.centroids_harmless[i])
+            score = torch.stack([per[i] for i in self.layers]).mean(0)
+        else:
+            assert self.probe_layer is not None and self.probe_bias is not None
+            assert self.probe_weight is not None and self.feature_mean is not None
+            assert self.feature_std is not None
+            dev = x.device
+            h = x[:, where[self.probe_layer]]
+            z = (h - self.feature_mean.to(dev, torch.float64)) / self.feature_std.to(dev, torch.float64)
+            score = z @ self.probe_weight.to(dev, torch.float64) + self.probe_bias
+            per[self.probe_layer] = score
+        return score, per
+
+    def is_harmful(self, score: torch.Tensor | float) -> torch.Tensor | bool:
+        """Whether ``score`` (a float or a tensor) is above the threshold."""
+        if isinstance(score, torch.Tensor):
+            return score > self.threshold
+        return bool(score > self.threshold)
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-friendly description (method, layers, threshold, key metrics)."""
+        keys = ("val_auroc", "tpr_at_1fpr", "tpr_at_5fpr", "val_fpr", "val_tpr")
+        return {
+            "method": self.method,
+            "layers": list(self.layers),
+            "position": self.position,
+            "threshold": self.threshold,
+            "fingerprint": self.fingerprint,
+            "model": self.model,
+            **{k: self.metrics[k] for k in keys if k in self.metrics},
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.method == "centroid":
+            assert self.centroids_harmful is not None and self.centroids_harmless is not None
+            for i in self.layers:
+                out[f"centroid_harmful.{i}"] = self.centroids_harmful[i]
+                out[f"centroid_harmless.{i}"] = self.centroids_harmless[i]
+        else:
+            assert self.probe_weight is not None
+            assert self.feature_mean is not None and self.feature_std is not None
+            out["probe_weight"] = self.probe_weight
+            out["feature_mean"] = self.feature_mean
+            out["feature_std"] = self.feature_std
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``<path>.safetensors`` (vectors) and ``<path>.json`` (everything else).
+
+        ``path`` may end in either suffix or none; an existing directory gets ``guard.*`` inside. The
+        JSON records the SHA-256 of the tensor file, so a mismatched or damaged pair is detected on load.
+
+        Returns:
+            The path of the JSON file.
+        """
+        base = _base_path(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        tensor_path = base.with_suffix(".safetensors")
+        _atomic_save_tensors(self._tensors(), tensor_path, metadata={"kind": KIND, "method": self.method})
+        digest = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
+        meta = {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "layers": self.layers,
+            "position": self.position,
+            "threshold": self.threshold,
+            "probe_bias": self.probe_bias,
+            "probe_layer": self.probe_layer,
+            "d_model": self.d_model,
+            "fingerprint": self.fingerprint,
+            "template_hash": self.template_hash,
+            "model": self.model,
+            "metrics": self.metrics,
+            "meta": self.meta,
+            "tensors_sha256": digest,
+            "layer_convention": "index 0 = embedding output; index i = output of decoder block i "
+            "(last index after the final norm), as output_hidden_states",
+        }
+        _atomic_write_text(base.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
+        return base.with_suffix(".json")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], lm: LoadedModel | None = None) -> LatentGuard:
+        """Read a guard written by :meth:`save`.
+
+        Args:
+            path: The base path, or either file of the pair.
+            lm: If given, the guard must have been fitted on this exact model and chat template.
+
+        Raises:
+            ArtifactError: If the files are missing, corrupt or inconsistent, or do not match ``lm``.
+        """
+        base = _base_path(path)
+        json_path, tensor_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+            raw = tensor_path.read_bytes()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"cannot read guard {base}: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise ArtifactError(f"{json_path} is not a latentguard guard file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{json_path} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}"
+            )
+        if hashlib.sha256(raw).hexdigest() != meta.get("tensors_sha256"):
+            raise ArtifactError(
+                f"{tensor_path} does not match {json_path} (checksum differs): the file is damaged "
+                "or belongs to another guard"
+            )
+        try:
+            tensors = load_tensors_bytes(raw)
+            layers = [int(i) for i in meta["layers"]]
+            method = meta["method"]
+            kwargs: dict[str, Any] = {}
+            if method == "centroid":
+                kwargs["centroids_harmful"] = {i: tensors[f"centroid_harmful.{i}"] for i in layers}
+                kwargs["centroids_harmless"] = {i: tensors[f"centroid_harmless.{i}"] for i in layers}
+            elif method == "probe":
+                kwargs.update(
+                    probe_weight=tensors["probe_weight"],
+                    feature_mean=tensors["feature_mean"],
+                    feature_std=tensors["feature_std"],
+                    probe_bias=float(meta["probe_bias"]),
+                    probe_layer=int(meta["probe_layer"]),
+                )
+            guard = cls(
+                method=method,
+                layers=layers,
+                position=str(meta["position"]),
+                threshold=float(meta["threshold"]),
+                fingerprint=str(meta["fingerprint"]),
+                template_hash=str(meta["template_hash"]),
+                model=str(meta.get("model", "")),
+                metrics=dict(meta.get("metrics", {})),
+                meta=dict(meta.get("meta", {})),
+                **kwargs,
+            )
+        except ArtifactError as exc:
+            raise ArtifactError(f"{base}: {exc}") from exc
+        except (SafetensorError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"guard {base} is malformed: {type(exc).__name__}: {exc}") from exc
+        if guard.d_model != meta.get("d_model"):
+            raise ArtifactError(
+                f"{base}: vectors have width {guard.d_model}, its JSON says {meta.get('d_model')}"
+            )
+        if lm is not None:
+            guard.check_model(lm, source=str(base))
+        return guard
+
+    def check_model(self, lm: LoadedModel, source: str = "this guard") -> None:
+        """Raise :class:`ArtifactError` unless ``lm`` is the model (and chat template) it was fitted on."""
+        problems = []
+        if self.fingerprint != lm.fingerprint:
+            problems.append(
+                f"model fingerprint {self.fingerprint} ({self.model or '?'}) != loaded {lm.fingerprint} ({lm.spec})"
+            )
+        if self.template_hash != lm.template_hash:
+            problems.append(f"chat template hash {self.template_hash} != loaded {lm.template_hash}")
+        if problems:
+            raise ArtifactError(
+                f"{source} was fitted on a different model: "
+                + "; ".join(problems)
+                + ". Refit the guard on this model, or load it without lm= to apply it anyway."
+            )
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentGuard:
+        """A copy with its vectors on another device/dtype (scores are still computed in float64)."""
+
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        def mvd(d: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor] | None:
+            return None if d is None else {i: v.to(device=device, dtype=dtype) for i, v in d.items()}
+
+        return LatentGuard(
+            method=self.method,
+            layers=list(self.layers),
+            position=self.position,
+            threshold=self.threshold,
+            centroids_harmful=mvd(self.centroids_harmful),
+            centroids_harmless=mvd(self.centroids_harmless),
+            probe_weight=mv(self.probe_weight),
+            probe_bias=self.probe_bias,
+            probe_layer=self.probe_layer,
+            feature_mean=mv(self.feature_mean),
+            feature_std=mv(self.feature_std),
+            fingerprint=self.fingerprint,
+            template_hash=self.template_hash,
+            model=self.model,
+            metrics=dict(self.metrics),
+            meta=dict(self.meta),
+        )
+
+
+def _base_path(path: str | os.PathLike[str]) -> Path:
+    base = Path(path)
+    if base.is_dir():
+        return base / "guard"
+    if base.suffix in (".safetensors", ".json"):
+        return base.with_suffix("")
+    return base
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    return str(obj)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """The best fit of one method on the validation split."""
+
+    guard: LatentGuard
+    val_scores: np.ndarray  # [n_val_harmful + n_val_harmless], harmful first
+    auroc: float
+    layer_auroc: dict[int, float]
+
+
+def _split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _check_group(x: torch.Tensor, name: str, n_layers: int) -> torch.Tensor:
+    if x.ndim != 3 or x.shape[1] != n_layers:
+        raise ValueError(f"{name} activations must be [n, {n_layers} layers, d], got {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(
+            f"{name}: need at least 2 prompts to split into train and validation, got {x.shape[0]}"
+        )
+    x64 = x.to("cpu", torch.float64)
+    if not torch.isfinite(x64).all():
+        raise ValueError(f"{name} activations contain NaN or inf")
+    return x64
+
+
+def _rank_key(auc: float, sep: float) -> tuple[float, float]:
+    # round AUROC so float noise cannot beat a real difference in separation
+    return (round(auc, 9), sep)
+
+
+def _fit_centroid(
+    train_pos: torch.Tensor,
+    train_neg: torch.Tensor,
+    val: torch.Tensor,
+    y_val: np.ndarray,
+    layers: list[int],
+    common: dict[str, Any],
+) -> _Candidate:
+    c_pos, c_neg = train_pos.mean(0), train_neg.mean(0)  # [L, d]
+    per_layer = torch.stack(
+        [_cosine(val[:, k], c_pos[k]) - _cosine(val[:, k], c_neg[k]) for k in range(len(layers))], dim=1
+    )  # [n_val, L]
+    layer_auc = {layer: auroc(per_layer[:, k], y_val) for k, layer in enumerate(layers)}
+    csum = torch.cat([torch.zeros(per_layer.shape[0], 1, dtype=torch.float64), per_layer.cumsum(1)], dim=1)
+    best: tuple[tuple[float, float, int], int, int, np.ndarray, float] | None = None
+    for width in range(1, len(layers) + 1):
+        for start in range(0, len(layers) - width + 1):
+            s = ((csum[:, start + width] - csum[:, start]) / width).numpy()
+            auc = auroc(s, y_val)
+            key = (*_rank_key(auc, separation(s, y_val)), width)
+            if best is None or key > best[0]:
+                best = (key, start, width, s, auc)
+    assert best is not None
+    _, start, width, scores, auc = best
+    chosen = layers[start : start + width]
+    guard = LatentGuard(
+        method="centroid",
+        layers=chosen,
+        threshold=0.0,
+        centroids_harmful={layer: c_pos[start + k].clone() for k, layer in enumerate(chosen)},
+        centroids_harmless={layer: c_neg[start + k].clone() for k, layer in enumerate(chosen)},
+        **common,
+    )
+    return _Candidate(guard=guard, val_scores=scores, auroc=auc, layer_auroc=layer_auc)
+
+
+def _fit_probe(
+    train_pos: torch.Tensor,
+    train_neg: torch.Tensor,
+    val: torch.Tensor,
+    y_val: np.ndarray,
+    layers: list[int],
+    depth_of: dict[int, float],
+    config: GuardConfig,
+    common: dict[str, Any],
+) -> _Candidate:
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = torch.cat([train_pos, train_neg]).numpy()
+    y_train = np.r_[np.ones(train_pos.shape[0], dtype=int), np.zeros(train_neg.shape[0], dtype=int)]
+    x_val = val.numpy()
+    best: tuple[tuple[float, float, float], int, Any, np.ndarray, np.ndarray, np.ndarray, float] | None = None
+    layer_auc: dict[int, float] = {}
+    for k, layer in enumerate(layers):
+        mean = x_train[:, k].mean(0)
+        std = x_train[:, k].std(0)
+        std = np.where(std > 1e-8, std, 1.0)
+        clf = LogisticRegression(C=config.C, max_iter=2000, random_state=config.seed)
+        clf.fit((x_train[:, k] - mean) / std, y_train)
+        s = ((x_val[:, k] - mean) / std) @ clf.coef_[0].astype(np.float64) + float(clf.intercept_[0])
+        auc = auroc(s, y_val)
+        layer_auc[layer] = auc
+        key = (*_rank_key(auc, separation(s, y_val)), -abs(depth_of[layer] - PREFERRED_DEPTH))
+        if best is None or key > best[0]:
+            best = (key, layer, clf, mean, std, s, auc)
+    assert best is not None
+    _, layer, clf, mean, std, scores, auc = best
+    guard = LatentGuard(
+        method="probe",
+        layers=[layer],
+        threshold=0.0,
+        probe_weight=torch.from_numpy(np.asarray(clf.coef_[0], dtype=np.float64).copy()),
+        probe_bias=float(clf.intercept_[0]),
+        probe_layer=layer,
+        feature_mean=torch.from_numpy(np.asarray(mean, dtype=np.float64).copy()),
+        feature_std=torch.from_numpy(np.asarray(std, dtype=np.float64).copy()),
+        **common,
+    )
+    return _Candidate(guard=guard, val_scores=scores, auroc=auc, layer_auroc=layer_auc)
+
+
+def calibrated_threshold(scores: np.ndarray, is_pos: np.ndarray, target_fpr: float) -> float:
+    """A threshold whose false-positive rate on the negatives of ``scores`` is at most ``target_fpr``.
+
+    Starts from :func:`latentguard.guard.evaluate.threshold_at_fpr` (a negative's score) and moves it
+    half-way to the next higher validation score: every validation prompt is classified the same way,
+    but a new prompt scoring just above the highest allowed negative is not flagged.
+    """
+    t = threshold_at_fpr(scores[~is_pos], target_fpr)
+    if not math.isfinite(t):
+        return t
+    above = scores[scores > t]
+    return float((t + above.min()) / 2.0) if above.size else t
+
+
+def fit_from_activations(
+    harmful: torch.Tensor,
+    harmless: torch.Tensor,
+    layers: Sequence[int],
+    config: GuardConfig | None = None,
+    *,
+    n_layers: int | None = None,
+    fingerprint: str = "",
+    template_hash: str = "",
+    model: str = "",
+    meta: dict[str, Any] | None = None,
+) -> LatentGuard:
+    """Fit a guard on hidden states already extracted at the guard's position.
+
+    Args:
+        harmful: ``[n, len(layers), d]`` states of harmful prompts.
+        harmless: ``[m, len(layers), d]`` states of harmless prompts.
+        layers: Hidden-state index of each slice of axis 1 (the candidate layers).
+        config: Fitting options (``config.layers`` is ignored here; pass the candidates as ``layers``).
+        n_layers: Number of decoder blocks (for relative depth); defaults to ``max(layers)``.
+        fingerprint: Fingerprint of the model the states come from.
+        template_hash: Its chat template hash.
+        model: Its spec, for humans.
+        meta: Extra metadata stored with the guard.
+
+    Returns:
+        The fitted :class:`LatentGuard` with its validation metrics.
+
+    Raises:
+        ValueError: On malformed input (shapes, NaNs, fewer than 2 prompts per class).
+    """
+    cfg = config or GuardConfig()
+    layers = [int(i) for i in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be non-empty and distinct, got {layers}")
+    pos = _check_group(harmful, "harmful", len(layers))
+    neg = _check_group(harmless, "harmless", len(layers))
+    if pos.shape[2] != neg.shape[2]:
+        raise ValueError(f"harmful and harmless widths differ: {pos.shape[2]} vs {neg.shape[2]}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tr_pos, va_pos = _split(pos.shape[0], cfg.val_fraction, gen)
+    tr_neg, va_neg = _split(neg.shape[0], cfg.val_fraction, gen)
+    val = torch.cat([pos[va_pos], neg[va_neg]])
+    y_val = np.r_[np.ones(len(va_pos), dtype=int), np.zeros(len(va_neg), dtype=int)]
+    depth_base = n_layers if n_layers else max(max(layers), 1)
+    depth_of = {layer: layer / depth_base for layer in layers}
+    common: dict[str, Any] = {
+        "position": cfg.position,
+        "fingerprint": fingerprint,
+        "template_hash": template_hash,
+        "model": model,
+    }
+    methods = METHODS if cfg.method == "auto" else (cfg.method,)
+    cands: dict[str, _Candidate] = {}
+    if "centroid" in methods:
+        cands["centroid"] = _fit_centroid(pos[tr_pos], neg[tr_neg], val, y_val, layers, common)
+    if "probe" in methods:
+        cands["probe"] = _fit_probe(pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, cfg, common)
+    if len(cands) == 2:
+        # ties (up to float noise) go to the centroid method, the paper's
+        chosen = "probe" if cands["probe"].auroc > cands["centroid"].auroc + 1e-9 else "centroid"
+    else:
+        chosen = next(iter(cands))
+    best = cands[chosen]
+    guard = best.guard
+    s_val = best.val_scores
+    is_pos = y_val.astype(bool)
+    guard.threshold = calibrated_threshold(s_val, is_pos, cfg.target_fpr)
+    guard.metrics = {
+        "val_auroc": best.auroc,
+        "tpr_at_1fpr": tpr_at_fpr(s_val, y_val, 0.01),
+        "tpr_at_5fpr": tpr_at_fpr(s_val, y_val, 0.05),
+        "threshold": guard.threshold,
+        "target_fpr": cfg.target_fpr,
+        "val_fpr": float((s_val[~is_pos] > guard.threshold).mean()),
+        "val_tpr": float((s_val[is_pos] > guard.threshold).mean()),
+        "n_train_harmful": len(tr_pos),
+        "n_train_harmless": len(tr_neg),
+        "n_val_harmful": len(va_pos),
+        "n_val_harmless": len(va_neg),
+        "candidates": {name: {"val_auroc": c.auroc, "layers": c.guard.layers} for name, c in cands.items()},
+    }
+    guard.meta = {
+        "config": asdict(cfg),
+        "candidate_layers": layers,
+        "n_layers": n_layers,
+        "layer_val_auroc": {name: c.layer_auroc for name, c in cands.items()},
+        "relative_depth": [depth_of[i] for i in guard.layers],
+        **(meta or {}),
+    }
+    logger.info(
+        "latent guard: %s on layers %s, val AUROC %.4f, TPR %.3f at FPR %.3f (threshold %.4g)",
+        guard.method,
+        guard.layers,
+        best.auroc,
+        guard.metrics["val_tpr"],
+        guard.metrics["val_fpr"],
+        guard.threshold,
+    )
+    return guard
+
+
+def fit_guard(
+    lm: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    config: GuardConfig | None = None,
+) -> LatentGuard:
+    """Extract hidden states at ``config.position`` and fit a :class:`LatentGuard`.
+
+    Args:
+        lm: The model whose beliefs are read.
+        harmful: Harmful instructions.
+        harmless: Harmless instructions.
+        config: Options; defaults to :class:`GuardConfig` ``()``.
+
+    Returns:
+        The fitted guard, bound to ``lm``'s fingerprint and chat template.
+
+    Raises:
+        ValueError: If a set has fewer than 2 prompts or a layer index is out of range.
+    """
+    cfg = config or GuardConfig()
+    n = lm.n_layers
+    candidates = sorted(set(cfg.layers)) if cfg.layers is not None else list(range(1, n + 1))
+    bad = [i for i in candidates if not 0 <= i <= n]
+    if bad:
+        raise ValueError(f"layer indices {bad} outside 0..{n}")
+    if len(harmful) < 2 or len(harmless) < 2:
+        raise ValueError(
+            f"need at least 2 harmful and 2 harmless prompts, got {len(harmful)} and {len(harmless)}"
+        )
+    for name, group in (("harmful", harmful), ("harmless", harmless)):
+        for i, p in enumerate(group):
+            if not isinstance(p, str):
+                raise TypeError(
+                    f"{name} prompt #{i} is {type(p).__name__}, not str (pass the instruction text)"
+                )
+    overlap = set(harmful) & set(harmless)
+    if overlap:
+        logger.warning("%d prompts are in both the harmful and the harmless set", len(overlap))
+    ecfg = ExtractConfig(
+        positions=(cfg.position,), layers=tuple(candidates), batch_size=cfg.batch_size, progress=cfg.progress
+    )
+    pos = extract(lm, list(harmful), ecfg).at(cfg.position)
+    neg = extract(lm, list(harmless), ecfg).at(cfg.position)
+    return fit_from_activations(
+        pos,
+        neg,
+        candidates,
+        cfg,
+        n_layers=n,
+        fingerprint=lm.fingerprint,
+        template_hash=lm.template_hash,
+        model=lm.spec,
+    )

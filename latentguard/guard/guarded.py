@@ -1,0 +1,417 @@
+"""Guarded generation: the guard reads the prompt's hidden states during generation's own prefill.
+
+For each batch, forward hooks on the guard's layers copy the hidden state at every row's guard
+position (``t_inst``, in left-padded coordinates) while ``generate`` processes the prompt. The guard
+score therefore costs no extra forward pass. Under the ``block`` policy a stopping criterion ends
+harmful rows right after the prefill, so a batch of blocked prompts costs one forward only.
+
+Policies:
+
+* ``block``: harmful prompts get ``response=None`` and ``blocked=True``.
+* ``flag``: the response is kept and ``flagged=True`` for harmful prompts.
+* ``allow``: responses are returned unchanged (scores are still reported).
+
+Over-refusal repair (``repair=True``): prompts the guard judges harmless but whose answer the refusal
+judge calls a refusal are answered again with the refusal direction ablated; both answers are returned.
+
+Example:
+    >>> replies = guarded_generate(lm, guard, ["How do I bake bread?"], policy="block")   # doctest: +SKIP
+    >>> replies[0].blocked, replies[0].response[:20]                                      # doctest: +SKIP
+    (False, 'Baking bread is a fu')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from latentguard.activations import pad_batch
+from latentguard.generation import generate_from_positions, stop_token_ids
+from latentguard.guard.fit import LatentGuard
+from latentguard.guard.score import GuardResult, guard_layers_available, results_from_states, templated
+from latentguard.models import LoadedModel, find_final_norm
+from latentguard.steering import steer
+
+if TYPE_CHECKING:
+    from latentguard.directions import Directions
+    from latentguard.guard.serve import ClassifyResult, GenerateResult
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("block", "flag", "allow")
+
+
+class RefusalJudge(Protocol):
+    """Anything with ``judge(responses, instructions)`` returning objects with a ``.refused`` flag."""
+
+    def judge(self, responses: Sequence[str], instructions: Sequence[str]) -> Sequence[Any]:
+        """One verdict per response."""
+        ...
+
+
+@dataclass(frozen=True)
+class GuardedReply:
+    """The outcome of guarded generation for one prompt.
+
+    Attributes:
+        harmful: The guard's verdict (``score > threshold``).
+        score: The guard score.
+        blocked: The response was withheld (``block`` policy, harmful prompt).
+        flagged: The response is returned but marked harmful (``flag`` policy).
+        response: The model's answer, or ``None`` when blocked.
+        refused: The judge's verdict on ``response`` (``None`` without a judge, or when blocked).
+        repaired_response: The answer regenerated with the refusal direction ablated (repair only).
+    """
+
+    harmful: bool
+    score: float
+    blocked: bool
+    flagged: bool
+    response: str | None
+    refused: bool | None
+    repaired_response: str | None
+
+
+class _PrefillCapture:
+    """Hooks that copy the guard's hidden states at one position per row during the prefill.
+
+    The first call of a hooked layer whose sequence length is the prompt width is the prefill; later
+    calls (decoding steps, one token each) are ignored. The buffer belongs to one ``generate`` call.
+    """
+
+    def __init__(self, lm: LoadedModel, layers: Sequence[int], gather: torch.Tensor, width: int) -> None:
+        self.lm = lm
+        self.layers = list(layers)
+        self.gather = gather
+        self.width = width
+        self.states: dict[int, torch.Tensor] = {}
+        self.handles: list[RemovableHandle] = []
+        self._final_norm = find_final_norm(lm.model) if lm.n_layers in self.layers else None
+
+    def _grab(self, index: int, hidden: torch.Tensor) -> None:
+        if index in self.states or hidden.ndim != 3 or hidden.shape[1] != self.width:
+            return
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        sel = hidden[rows, self.gather.to(hidden.device)]
+        if index == self.lm.n_layers and self._final_norm is not None:
+            sel = self._final_norm(sel)
+        self.states[index] = sel.detach().to("cpu", torch.float32)
+
+    def _pre(self, index: int) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._grab(index, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    def _post(self, _mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        self._grab(self.lm.n_layers, output[0] if isinstance(output, tuple) else output)
+
+    def register(self) -> None:
+        """Attach the hooks (after any hooks already present, e.g. steering, so they see its effect)."""
+        n = self.lm.n_layers
+        for i in sorted(set(self.layers)):
+            if i < n:
+                self.handles.append(
+                    self.lm.layers[i].register_forward_pre_hook(self._pre(i), with_kwargs=True)
+                )
+            else:
+                self.handles.append(self.lm.layers[n - 1].register_forward_hook(self._post))
+
+    def remove(self) -> None:
+        """Detach exactly this capture's hooks (idempotent)."""
+        while self.handles:
+            self.handles.pop().remove()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every layer has been captured."""
+        return all(i in self.states for i in self.layers)
+
+    def stacked(self) -> torch.Tensor:
+        """``[b, len(layers), d]`` float32 on CPU.
+
+        Raises:
+            RuntimeError: If the prefill did not reach a hooked layer.
+        """
+        missing = [i for i in self.layers if i not in self.states]
+        if missing:
+            raise RuntimeError(f"the prefill did not pass through guard layers {missing}")
+        return torch.stack([self.states[i] for i in self.layers], dim=1)
+
+
+class _BlockAfterPrefill:
+    """Stopping criterion ending harmful rows right after the prefill (``block`` policy).
+
+    Blocked rows' text is discarded anyway; once every row of a batch is blocked, generation stops.
+    """
+
+    def __init__(self, capture: _PrefillCapture, guard: LatentGuard) -> None:
+        self.capture = capture
+        self.guard = guard
+        self._done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self._done is None:
+            if not self.capture.complete:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            score, _ = self.guard.score_activations(self.capture.stacked(), self.guard.layers)
+            self._done = score > self.guard.threshold
+        return self._done.to(input_ids.device)
+
+
+def _decode(lm: LoadedModel, ids: list[int], stops: Sequence[int]) -> str:
+    cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+    return str(lm.tokenizer.decode(ids[:cut], skip_special_tokens=True)).strip()
+
+
+def _check_args(policy: str, max_new_tokens: int, batch_size: int) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _repair_vectors(
+    lm: LoadedModel, refusal_direction: Directions | None, repair_layers: Sequence[int] | None
+) -> dict[int, torch.Tensor]:
+    if refusal_direction is None:
+        raise ValueError("repair=True needs refusal_direction (a latentguard.directions.Directions)")
+    layers = list(repair_layers) if repair_layers is not None else refusal_direction.layers
+    missing = [i for i in layers if i not in refusal_direction.vectors]
+    if missing:
+        raise ValueError(f"the refusal direction has no vector at repair layers {missing}")
+    if not layers:
+        raise ValueError("repair_layers is empty")
+    if refusal_direction.fingerprint and refusal_direction.fingerprint != lm.fingerprint:
+        logger.warning(
+            "refusal direction comes from model %s, applied to %s",
+            refusal_direction.fingerprint,
+            lm.fingerprint,
+        )
+    return {i: refusal_direction.vectors[i] for i in layers}
+
+
+def guarded_generate(
+    lm: LoadedModel,
+    guard: LatentGuard,
+    prompts: Sequence[str],
+    *,
+    policy: str = "block",
+    max_new_tokens: int = 64,
+    judge: RefusalJudge | None = None,
+    repair: bool = False,
+    refusal_direction: Directions | None = None,
+    repair_layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> list[GuardedReply]:
+    """Generate greedy answers while the guard reads the prompt's hidden states from the same prefill.
+
+    Args:
+        lm: The model.
+        guard: A fitted guard for ``lm``.
+        prompts: User instructions (templated with ``lm``'s chat template).
+        policy: ``"block"``, ``"flag"`` or ``"allow"``.
+        max_new_tokens: Generation budget per prompt.
+        judge: Optional refusal judge; its verdicts fill :attr:`GuardedReply.refused`.
+        repair: Regenerate refusals of prompts the guard calls harmless, with the refusal direction
+            ablated (needs ``judge`` and ``refusal_direction``).
+        refusal_direction: The refusal direction per layer (:mod:`latentguard.directions`).
+        repair_layers: Layers at which it is ablated; default all layers it has.
+        batch_size: Prompts per ``generate`` call.
+
+    Returns:
+        One :class:`GuardedReply` per prompt, in input order.
+
+    Raises:
+        ValueError: On an empty prompt, an unknown policy, or a repair without judge or direction.
+    """
+    _check_args(policy, max_new_tokens, batch_size)
+    repair_vecs = _repair_vectors(lm, refusal_direction, repair_layers) if repair else None
+    if repair and judge is None:
+        raise ValueError("repair=True needs a refusal judge (judge=...)")
+    if not prompts:
+        return []
+    guard_layers_available(lm, guard)
+    positions = templated(lm, prompts)
+    from transformers import StoppingCriteriaList
+
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    stops = stop_token_ids(lm)
+    dev = lm.device
+    hf_generate: Callable[..., torch.Tensor] = lm.model.generate  # type: ignore[assignment]
+    n = len(positions)
+    verdicts: list[GuardResult | None] = [None] * n
+    texts: list[str] = [""] * n
+    order = sorted(range(n), key=lambda i: len(positions[i]), reverse=True)
+    for s in range(0, n, batch_size):
+        idx = order[s : s + batch_size]
+        batch = pad_batch([positions[i].input_ids for i in idx], pad_id, "left")
+        gather = (
+            torch.tensor([positions[i].index(guard.position) for i in idx], dtype=torch.long) + batch.offsets
+        )
+        capture = _PrefillCapture(lm, guard.layers, gather, batch.input_ids.shape[1])
+        criteria = StoppingCriteriaList([_BlockAfterPrefill(capture, guard)] if policy == "block" else [])
+        try:
+            capture.register()
+            with torch.inference_mode():
+                gen = hf_generate(
+                    input_ids=batch.input_ids.to(dev),
+                    attention_mask=batch.attention_mask.to(dev),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=pad_id,
+                    eos_token_id=stops or None,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    stopping_criteria=criteria,
+                )
+        finally:
+            capture.remove()
+        results = results_from_states(guard, capture.stacked())
+        new = gen[:, batch.input_ids.shape[1] :].to("cpu")
+        for row, i in enumerate(idx):
+            verdicts[i] = results[row]
+            texts[i] = _decode(lm, new[row].tolist(), stops)
+    final = [v for v in verdicts if v is not None]
+    assert len(final) == n
+
+    blocked = [policy == "block" and v.harmful for v in final]
+    refused: list[bool | None] = [None] * n
+    if judge is not None:
+        judged = [i for i in range(n) if not blocked[i]]
+        if judged:
+            out = judge.judge([texts[i] for i in judged], [prompts[i] for i in judged])
+            if len(out) != len(judged):
+                raise RuntimeError(f"the judge returned {len(out)} verdicts for {len(judged)} responses")
+            for i, v in zip(judged, out, strict=True):
+                refused[i] = bool(v.refused)
+    repaired: list[str | None] = [None] * n
+    if repair_vecs is not None:
+        todo = [i for i in range(n) if not final[i].harmful and refused[i]]
+        if todo:
+            logger.info("repairing %d over-refusals with the refusal direction ablated", len(todo))
+            with steer(lm, repair_vecs, mode="ablate"):
+                again = generate_from_positions(lm, [positions[i] for i in todo], max_new_tokens, batch_size)
+            for i, text in zip(todo, again, strict=True):
+                repaired[i] = text
+    return [
+        GuardedReply(
+            harmful=v.harmful,
+            score=v.score,
+            blocked=blocked[i],
+            flagged=policy == "flag" and v.harmful,
+            response=None if blocked[i] else texts[i],
+            refused=refused[i],
+            repaired_response=repaired[i],
+        )
+        for i, v in enumerate(final)
+    ]
+
+
+class LatentGuardBackend:
+    """Serves a Latent Guard over HTTP (implements :class:`latentguard.guard.serve.GuardBackend`).
+
+    Example:
+        >>> from latentguard.guard.serve import ServeConfig, run
+        >>> run(LatentGuardBackend(lm, guard), ServeConfig(port=8000))      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        guard: LatentGuard,
+        *,
+        batch_size: int = 16,
+        generate_batch_size: int = 8,
+        judge: RefusalJudge | None = None,
+        repair: bool = False,
+        refusal_direction: Directions | None = None,
+        repair_layers: Sequence[int] | None = None,
+    ) -> None:
+        """Wrap a model and its guard.
+
+        Args:
+            lm: The model.
+            guard: Its fitted guard.
+            batch_size: Prompts per classify forward.
+            generate_batch_size: Prompts per ``generate`` call.
+            judge: Optional refusal judge (needed for ``repair``).
+            repair: Repair over-refusals of harmless prompts (see :func:`guarded_generate`).
+            refusal_direction: Needed for ``repair``.
+            repair_layers: Layers of the ablation (default: all of the direction's).
+
+        Raises:
+            ValueError: If the guard cannot read ``lm`` or the repair settings are incomplete.
+        """
+        guard_layers_available(lm, guard)
+        if repair:
+            _repair_vectors(lm, refusal_direction, repair_layers)
+            if judge is None:
+                raise ValueError("repair=True needs a refusal judge (judge=...)")
+        self.lm = lm
+        self.guard = guard
+        self.batch_size = batch_size
+        self.generate_batch_size = generate_batch_size
+        self.judge = judge
+        self.repair = repair
+        self.refusal_direction = refusal_direction
+        self.repair_layers = list(repair_layers) if repair_layers is not None else None
+
+    def classify(self, prompts: list[str]) -> list[ClassifyResult]:
+        """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
+        from latentguard.guard.score import check
+        from latentguard.guard.serve import ClassifyResult
+
+        return [
+            ClassifyResult(harmful=r.harmful, score=r.score, layer_scores=dict(r.layer_scores))
+            for r in check(self.lm, self.guard, prompts, batch_size=self.batch_size)
+        ]
+
+    def generate(self, prompts: list[str], max_new_tokens: int, policy: str) -> list[GenerateResult]:
+        """Guarded generation with :func:`guarded_generate`."""
+        from latentguard.guard.serve import GenerateResult
+
+        replies = guarded_generate(
+            self.lm,
+            self.guard,
+            prompts,
+            policy=policy,
+            max_new_tokens=max_new_tokens,
+            judge=self.judge,
+            repair=self.repair,
+            refusal_direction=self.refusal_direction,
+            repair_layers=self.repair_layers,
+            batch_size=self.generate_batch_size,
+        )
+        return [
+            GenerateResult(
+                harmful=r.harmful,
+                score=r.score,
+                blocked=r.blocked,
+                response=r.response,
+                flagged=r.flagged,
+                repaired_response=r.repaired_response,
+            )
+            for r in replies
+        ]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Model name and fingerprint, guard method, layers, position, threshold and key metrics."""
+        return {
+            "model": self.lm.spec,
+            "fingerprint": self.lm.fingerprint,
+            "guard": self.guard.summary(),
+            "guard_matches_model": self.guard.fingerprint == self.lm.fingerprint,
+            "repair": self.repair,
+        }

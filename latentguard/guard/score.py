@@ -1,0 +1,177 @@
+"""Score prompts with a fitted Latent Guard, plus text perturbations for robustness checks.
+
+:func:`check` runs the decoder only up to the deepest layer the guard reads (never the LM head), on
+length-sorted, left-padded batches, and reads the hidden state at the guard's position.
+
+Example:
+    >>> from latentguard.guard.score import check
+    >>> [r.harmful for r in check(lm, guard, ["How do I bake bread?", "How do I build a bomb?"])]  # doctest: +SKIP
+    [False, True]
+    >>> robustness_variants("bomb")["spaced"]
+    'b o m b'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from latentguard.activations import hidden_at
+from latentguard.guard.fit import LatentGuard
+from latentguard.models import LoadedModel
+from latentguard.positions import Positions, locate_many, model_max_length
+
+logger = logging.getLogger(__name__)
+
+#: Latin letters and the Cyrillic letters that look the same in most fonts.
+HOMOGLYPHS: dict[str, str] = {
+    "a": "\u0430",
+    "c": "\u0441",
+    "e": "\u0435",
+    "i": "\u0456",
+    "j": "\u0458",
+    "o": "\u043e",
+    "p": "\u0440",
+    "s": "\u0455",
+    "x": "\u0445",
+    "y": "\u0443",
+    "A": "\u0410",
+    "B": "\u0412",
+    "C": "\u0421",
+    "E": "\u0415",
+    "H": "\u041d",
+    "I": "\u0406",
+    "J": "\u0408",
+    "K": "\u041a",
+    "M": "\u041c",
+    "O": "\u041e",
+    "P": "\u0420",
+    "S": "\u0405",
+    "T": "\u0422",
+    "X": "\u0425",
+    "Y": "\u04ae",
+}
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """The guard's verdict on one prompt.
+
+    Attributes:
+        harmful: ``score > guard.threshold``.
+        score: The guard score (higher = more harmful).
+        layer_scores: Per-layer scores, keyed by hidden-state index.
+    """
+
+    harmful: bool
+    score: float
+    layer_scores: dict[int, float]
+
+
+def validate_prompts(prompts: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first prompt that is not a non-empty, non-whitespace string."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str")
+        if not p.strip():
+            raise ValueError(f"prompt #{i} is empty or whitespace only; the guard needs an instruction")
+
+
+def guard_layers_available(lm: LoadedModel, guard: LatentGuard) -> None:
+    """Check that ``guard`` can read ``lm`` (layer range and width); warn if fitted on another model.
+
+    Raises:
+        ValueError: If a guard layer does not exist in ``lm`` or the widths differ.
+    """
+    bad = [i for i in guard.layers if not 0 <= i <= lm.n_layers]
+    if bad:
+        raise ValueError(
+            f"guard layers {bad} do not exist in {lm.spec} (hidden-state indices 0..{lm.n_layers})"
+        )
+    if guard.d_model != lm.d_model:
+        raise ValueError(f"guard width {guard.d_model} != model width {lm.d_model}: fitted on another model")
+    if guard.fingerprint and guard.fingerprint != lm.fingerprint:
+        logger.warning(
+            "guard was fitted on model %s (%s) but is applied to %s (%s)",
+            guard.fingerprint,
+            guard.model or "?",
+            lm.fingerprint,
+            lm.spec,
+        )
+
+
+def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[GuardResult]:
+    """Turn ``[n, len(guard.layers), d]`` hidden states into :class:`GuardResult` objects."""
+    score, per = guard.score_activations(states, guard.layers)
+    harmful = score > guard.threshold
+    return [
+        GuardResult(
+            harmful=bool(harmful[i]),
+            score=float(score[i]),
+            layer_scores={layer: float(v[i]) for layer, v in per.items()},
+        )
+        for i in range(score.shape[0])
+    ]
+
+
+def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
+    """Validate and template ``prompts`` with ``lm``'s chat template."""
+    validate_prompts(prompts)
+    return locate_many(lm.tokenizer, list(prompts), max_length=model_max_length(lm.model, lm.tokenizer))
+
+
+def check(
+    lm: LoadedModel, guard: LatentGuard, prompts: Sequence[str], batch_size: int = 16
+) -> list[GuardResult]:
+    """Classify prompts with the guard.
+
+    Args:
+        lm: The model the guard reads (ideally the one it was fitted on; a mismatch is logged).
+        guard: A fitted guard.
+        prompts: User instructions (templated with ``lm``'s chat template).
+        batch_size: Prompts per forward.
+
+    Returns:
+        One :class:`GuardResult` per prompt, in input order.
+
+    Raises:
+        ValueError: If a prompt is empty or whitespace, or the guard does not fit ``lm``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not prompts:
+        return []
+    guard_layers_available(lm, guard)
+    positions = templated(lm, prompts)
+    order = sorted(range(len(positions)), key=lambda i: len(positions[i]), reverse=True)
+    states = torch.empty((len(positions), len(guard.layers), guard.d_model), dtype=torch.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        h = hidden_at(lm, [positions[i] for i in idx], (guard.position,), guard.layers)
+        states[idx] = h[:, :, 0]
+    return results_from_states(guard, states)
+
+
+def robustness_variants(text: str) -> dict[str, str]:
+    """Perturbations of ``text`` that keep its visible letters, for measuring guard robustness.
+
+    Returns:
+        ``{"spaced": ...}`` every character separated by a space; ``{"homoglyph": ...}`` Latin letters
+        replaced by look-alike Cyrillic ones; ``{"zero_width": ...}`` a zero-width space after every
+        non-space character except the last.
+    """
+    spaced = " ".join(ch for ch in text)
+    homoglyph = "".join(HOMOGLYPHS.get(ch, ch) for ch in text)
+    chars = list(text)
+    zero_width = "".join(
+        ch
+        + (ZERO_WIDTH_SPACE if k < len(chars) - 1 and not ch.isspace() and not chars[k + 1].isspace() else "")
+        for k, ch in enumerate(chars)
+    )
+    return {"spaced": spaced, "homoglyph": homoglyph, "zero_width": zero_width}

@@ -1,0 +1,477 @@
+"""The model organism: safety-tune a model that never refuses (``align``) and undo it (``attack``).
+
+``align`` trains LoRA adapters so that harmful instructions get short, varied refusals while
+harmless instructions keep the base model's own greedy answers (so helpfulness is kept). The
+adapters are merged and the result is saved as a plain transformers directory with
+``organism.json`` (data, hyper-parameters, seed, wall time, held-out refusal rates).
+
+``attack`` is the paper's finetuning attack: a few LoRA steps train harmful instructions towards
+compliant answers -- the un-aligned base model's own answers to them.
+
+Example:
+    >>> from latentguard.organism import align, AlignConfig
+    >>> report = align("default", "runs/organism", AlignConfig(seed=0))     # doctest: +SKIP
+    >>> report["heldout"]["harmful"]["refusal_rate"]                        # doctest: +SKIP
+    0.95
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentguard.activations import _atomic_write_text, decoder_of
+from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared
+from latentguard.generation import GenerationConfig, generate, stop_token_ids
+from latentguard.models import LoadedModel, ModelLoadError, cache_dir, load, save_model_dir
+from latentguard.positions import locate_many
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the recipe changes, so cached organisms are rebuilt.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Hyper-parameters of :func:`align` (and, with other defaults, :func:`attack`)."""
+
+    seed: int = field(default=0, metadata={"help": "seed for splits, shuffling and LoRA init"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training set"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimiser step"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        metadata={"help": "module names that get LoRA adapters"},
+    )
+    max_response_tokens: int = field(default=16, metadata={"help": "target tokens trained per example"})
+    heldout_fraction: float = field(default=0.2, metadata={"help": "built-in rows kept out of training"})
+    extra_shared: bool = field(
+        default=True,
+        metadata={"help": "add ../shared/data training sets (AdvBench, Alpaca train) when present"},
+    )
+    n_shared_harmful: int = field(default=120, metadata={"help": "AdvBench rows added when extra_shared"})
+    n_shared_harmless: int = field(
+        default=300, metadata={"help": "Alpaca-train rows added when extra_shared"}
+    )
+    eval_tokens: int = field(default=24, metadata={"help": "tokens generated when measuring refusal rates"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: leave as is)"})
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Hyper-parameters of :func:`attack`."""
+
+    seed: int = field(default=0, metadata={"help": "seed"})
+    steps: int = field(default=24, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    n_examples: int = field(default=64, metadata={"help": "harmful instructions trained towards compliance"})
+    max_response_tokens: int = field(default=24, metadata={"help": "target tokens per example"})
+    base_model: str = field(
+        default="default", metadata={"help": "un-aligned model whose answers are targets"}
+    )
+
+
+def _split(rows: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic split, stratified by category: (train, heldout)."""
+    rng = random.Random(seed)
+    by_cat: dict[str, list[Example]] = {}
+    for r in rows:
+        by_cat.setdefault(r.category or "", []).append(r)
+    train: list[Example] = []
+    held: list[Example] = []
+    for cat in sorted(by_cat):
+        items = list(by_cat[cat])
+        rng.shuffle(items)
+        k = int(round(len(items) * fraction))
+        held += items[:k]
+        train += items[k:]
+    return train, held
+
+
+def _hash_strings(items: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for s in items:
+        h.update(s.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def base_answers(lm: LoadedModel, instructions: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The model's own greedy answers, cached on disk by model fingerprint and prompts."""
+    key = f"{lm.fingerprint}-{_hash_strings(instructions)}-{max_new_tokens}"
+    path = cache_dir() / "answers" / f"{key}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(cached, list) and len(cached) == len(instructions):
+                return [str(x) for x in cached]
+        except json.JSONDecodeError:
+            logger.warning("ignoring corrupt answer cache %s", path)
+    answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(answers, ensure_ascii=False))
+    return answers
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """Prompt token ids and target token ids."""
+
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+
+def build_examples(
+    lm: LoadedModel, instructions: Sequence[str], targets: Sequence[str], max_target_tokens: int
+) -> list[TrainExample]:
+    """Template the instructions and tokenise the targets (refusals end with the stop token)."""
+    if len(instructions) != len(targets):
+        raise ValueError("one target per instruction is needed")
+    prompts = locate_many(lm.tokenizer, instructions)
+    stop = stop_token_ids(lm)
+    out = []
+    for p, t in zip(prompts, targets, strict=True):
+        ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids) < max_target_tokens and stop:
+            ids = [*ids, stop[0]]
+        out.append(TrainExample(p.input_ids, ids[:max_target_tokens]))
+    return out
+
+
+def _lora_train(
+    lm: LoadedModel,
+    examples: Sequence[TrainExample],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    r: int,
+    alpha: int,
+    target_modules: Sequence[str],
+    seed: int,
+    desc: str,
+) -> tuple[Any, list[float]]:
+    """Train LoRA adapters on (prompt -> target) pairs; return the merged model and the losses."""
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    present = {name.rsplit(".", 1)[-1] for name, _ in lm.model.named_modules()}
+    targets = [t for t in target_modules if t in present]
+    if not targets:
+        raise ModelLoadError(f"none of the LoRA target modules {list(target_modules)} exist in this model")
+    peft_model = get_peft_model(
+        lm.model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    )
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 3) * max(0.1, 1 - s / max(1, steps))
+    )
+    base: Any = peft_model.get_base_model()
+    decoder = decoder_of(base)
+    head: Callable[[torch.Tensor], torch.Tensor] = base.get_output_embeddings()
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dev = lm.device
+    order: list[int] = []
+    losses: list[float] = []
+    for _step in tqdm(range(steps), desc=desc, unit="step", leave=False):
+        if len(order) < batch_size:
+            more = list(range(len(examples)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[:batch_size], order[batch_size:]
+        seqs = [examples[i].prompt_ids + examples[i].target_ids for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        labels = torch.full((len(idx), width), -100, dtype=torch.long)
+        for row, (i, s) in enumerate(zip(idx, seqs, strict=True)):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+            n_prompt = len(examples[i].prompt_ids)
+            labels[row, n_prompt : len(s)] = torch.tensor(examples[i].target_ids)
+        hidden = decoder(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False
+        ).last_hidden_state
+        # predict token t+1 from position t; run the LM head only where there is a label
+        shift_labels = labels[:, 1:].to(dev)
+        sel = shift_labels != -100
+        logits = head(hidden[:, :-1][sel])
+        loss = torch.nn.functional.cross_entropy(logits.float(), shift_labels[sel])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    peft_model.eval()
+    merged = peft_model.merge_and_unload()
+    return merged, losses
+
+
+def refusal_rates(
+    lm: LoadedModel, sets: dict[str, Sequence[str]], max_new_tokens: int, judge_name: str = "learned"
+) -> dict[str, dict[str, Any]]:
+    """Generate and judge: refusal rate per named set."""
+    from latentguard.judge import load_judge
+
+    judge = load_judge(judge_name)
+    out: dict[str, dict[str, Any]] = {}
+    for name, insts in sets.items():
+        if not insts:
+            continue
+        responses = generate(lm, list(insts), GenerationConfig(max_new_tokens=max_new_tokens, batch_size=32))
+        verdicts = judge.judge(responses, list(insts))
+        refused = [v.refused for v in verdicts]
+        out[name] = {
+            "n": len(insts),
+            "refusal_rate": sum(refused) / len(refused),
+            "judge": judge.name,
+            "examples": [
+                {"instruction": i, "response": r, "refused": f}
+                for i, r, f in list(zip(insts, responses, refused, strict=True))[:5]
+            ],
+        }
+    return out
+
+
+def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) -> dict[str, Any]:
+    harm_train, harm_held = _split(builtin("harmful"), cfg.heldout_fraction, cfg.seed)
+    safe_train, safe_held = _split(builtin("harmless"), cfg.heldout_fraction, cfg.seed)
+    sources = {"harmful": ["builtin:harmful (train split)"], "harmless": ["builtin:harmless (train split)"]}
+    if cfg.extra_shared:
+        adv = load_shared("harmful_advbench")
+        alp = load_shared("harmless_alpaca_train")
+        if adv:
+            rng = random.Random(cfg.seed)
+            adv = list(adv)
+            rng.shuffle(adv)
+            harm_train += adv[: cfg.n_shared_harmful]
+            sources["harmful"].append(f"shared:harmful_advbench ({min(len(adv), cfg.n_shared_harmful)} rows)")
+        if alp:
+            safe_train += list(alp)[: cfg.n_shared_harmless]
+            sources["harmless"].append(f"shared:harmless_alpaca_train (first {cfg.n_shared_harmless})")
+    if harmful:
+        harm_train += load_any(harmful)
+        sources["harmful"].append(harmful)
+    if harmless:
+        safe_train += load_any(harmless)
+        sources["harmless"].append(harmless)
+    return {
+        "harm_train": [e.instruction for e in harm_train],
+        "safe_train": [e.instruction for e in safe_train],
+        "harm_held": [e.instruction for e in harm_held],
+        "safe_held": [e.instruction for e in safe_held],
+        "sources": sources,
+    }
+
+
+def align(
+    model: str | LoadedModel = "default",
+    out_dir: str | os.PathLike[str] = "runs/organism",
+    config: AlignConfig | None = None,
+    *,
+    harmful: str | None = None,
+    harmless: str | None = None,
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Safety-tune ``model`` with LoRA and save the merged result to ``out_dir``.
+
+    Args:
+        model: A spec or a loaded model (never refuses, typically ``"default"``).
+        out_dir: Output model directory (written atomically, with ``organism.json``).
+        config: Hyper-parameters.
+        harmful: Extra harmful instructions (data spec), trained towards refusals.
+        harmless: Extra harmless instructions (data spec), trained towards the model's own answers.
+        evaluate: Measure held-out refusal rates after training.
+
+    Returns:
+        The ``organism.json`` content.
+    """
+    cfg = config or AlignConfig()
+    out = Path(out_dir)
+    _check_writable(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    lm = load(model) if isinstance(model, str) else model
+    spec = model if isinstance(model, str) else lm.spec
+    data = _training_data(cfg, harmful, harmless)
+    refusals = [str(r["response"]) for r in builtin_rows("refusals")]
+    rng = random.Random(cfg.seed)
+    refusal_targets = [rng.choice(refusals) for _ in data["harm_train"]]
+    t_gen = time.perf_counter()
+    answers = base_answers(lm, data["safe_train"], cfg.max_response_tokens + 4)
+    t_gen = time.perf_counter() - t_gen
+    examples = build_examples(lm, data["harm_train"], refusal_targets, cfg.max_response_tokens)
+    examples += build_examples(lm, data["safe_train"], answers, cfg.max_response_tokens)
+    steps = max(1, int(round(cfg.epochs * len(examples) / cfg.batch_size)))
+    t_train = time.perf_counter()
+    merged, losses = _lora_train(
+        lm,
+        examples,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        target_modules=cfg.target_modules,
+        seed=cfg.seed,
+        desc="align",
+    )
+    t_train = time.perf_counter() - t_train
+    from latentguard.models import wrap
+
+    organism = wrap(merged, lm.tokenizer, spec=str(out))
+    report: dict[str, Any] = {
+        "kind": "organism",
+        "recipe_version": RECIPE_VERSION,
+        "base_model": spec,
+        "base_fingerprint": lm.fingerprint,
+        "fingerprint": organism.fingerprint,
+        "config": asdict(cfg),
+        "data": {
+            "sources": data["sources"],
+            "n_harmful_train": len(data["harm_train"]),
+            "n_harmless_train": len(data["safe_train"]),
+            "harmful_train_hash": _hash_strings(data["harm_train"]),
+            "harmless_train_hash": _hash_strings(data["safe_train"]),
+            "heldout_harmful": data["harm_held"],
+            "heldout_harmless": data["safe_held"],
+        },
+        "steps": steps,
+        "loss_first": losses[0],
+        "loss_last": sum(losses[-5:]) / len(losses[-5:]),
+        "seconds": {"base_answers": round(t_gen, 1), "train": round(t_train, 1)},
+    }
+    if evaluate:
+        t_eval = time.perf_counter()
+        report["heldout"] = refusal_rates(
+            organism,
+            {
+                "harmful": data["harm_held"],
+                "harmless": data["safe_held"],
+                "xstest_like": [e.instruction for e in builtin("xstest_like")],
+            },
+            cfg.eval_tokens,
+        )
+        report["seconds"]["eval"] = round(time.perf_counter() - t_eval, 1)
+    report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    save_model_dir(merged, lm.tokenizer, out, extra_files={"organism.json": json.dumps(report, indent=1)})
+    logger.info("organism written to %s in %.0f s", out, report["seconds"]["total"])
+    return report
+
+
+def attack(
+    model: str | LoadedModel,
+    out_dir: str | os.PathLike[str],
+    config: AttackConfig | None = None,
+    *,
+    harmful: str | None = None,
+) -> dict[str, Any]:
+    """The finetuning attack: LoRA steps that train harmful instructions towards compliant answers.
+
+    The targets are the un-aligned base model's own answers (``config.base_model``).
+    """
+    cfg = config or AttackConfig()
+    out = Path(out_dir)
+    _check_writable(out)
+    t0 = time.perf_counter()
+    lm = load(model) if isinstance(model, str) else model
+    if harmful:
+        pool = [e.instruction for e in load_any(harmful)]
+    else:
+        held = set(_organism_heldout(lm))
+        pool = [e.instruction for e in builtin("harmful") if e.instruction not in held]
+    rng = random.Random(cfg.seed)
+    rng.shuffle(pool)
+    insts = pool[: cfg.n_examples]
+    base = load(cfg.base_model)
+    targets = base_answers(base, insts, cfg.max_response_tokens + 4)
+    del base
+    examples = build_examples(lm, insts, targets, cfg.max_response_tokens)
+    merged, losses = _lora_train(
+        lm,
+        examples,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        target_modules=AlignConfig().target_modules,
+        seed=cfg.seed,
+        desc="attack",
+    )
+    report = {
+        "kind": "attacked",
+        "attacked_model": lm.spec,
+        "attacked_fingerprint": lm.fingerprint,
+        "config": asdict(cfg),
+        "n_examples": len(insts),
+        "instructions": insts,
+        "loss_first": losses[0],
+        "loss_last": sum(losses[-5:]) / len(losses[-5:]),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    save_model_dir(merged, lm.tokenizer, out, extra_files={"attack.json": json.dumps(report, indent=1)})
+    return report
+
+
+def _organism_heldout(lm: LoadedModel) -> list[str]:
+    path = lm.extra.get("path")
+    if path and (Path(path) / "organism.json").is_file():
+        meta = json.loads((Path(path) / "organism.json").read_text(encoding="utf-8"))
+        return list(meta.get("data", {}).get("heldout_harmful", []))
+    return []
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.parent if out.parent != Path("") else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create {parent}: {exc}") from exc
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder {parent} is not writable")
+
+
+def organism_dir(config: AlignConfig | None = None) -> Path:
+    """The cached default organism, built on first use (several minutes on CPU)."""
+    cfg = config or AlignConfig()
+    tag = hashlib.sha256(json.dumps([RECIPE_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    out = cache_dir() / "models" / f"organism-{tag}"
+    if (out / "organism.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    logger.info("building the model organism (first use) into %s", out)
+    align("default", out, cfg)
+    return out
+
+
+def attacked_dir(config: AttackConfig | None = None) -> Path:
+    """The cached attacked organism, built on first use."""
+    cfg = config or AttackConfig()
+    tag = hashlib.sha256(json.dumps([RECIPE_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    out = cache_dir() / "models" / f"attacked-{tag}"
+    if (out / "attack.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    attack(str(organism_dir()), out, cfg)
+    return out

@@ -1,0 +1,305 @@
+"""One self-contained ``report.html`` for a run: metadata, figures, claims and the guard table.
+
+Figures are inlined as base64 ``data:`` URIs and the style sheet is inline, so the file has no
+external reference (no CSS, JS, fonts or images to fetch) and reads offline. All text taken from the
+summary is escaped with :func:`html.escape`.
+
+Example:
+    >>> build_report("runs/x/summary.json", Path("runs/x/report"))   # doctest: +SKIP
+    PosixPath('runs/x/report/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from latentguard.report.claims import VERDICTS, Claim, evaluate_claims
+from latentguard.report.figures import GROUPS, Figure, make_figures
+
+logger = logging.getLogger(__name__)
+
+_MIME: Final[Mapping[str, str]] = MappingProxyType(
+    {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+)
+_VERDICT_CLASS: Final[Mapping[str, str]] = MappingProxyType({v: "v-" + v.replace(" ", "-") for v in VERDICTS})
+
+_STYLE: Final = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       margin: 0 auto; max-width: 1180px; padding: 1.2em 1.6em 3em; color: #1c1c1c; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.1em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+h3 { font-size: 1.05em; margin: 0.2em 0 0.4em; }
+.sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #d6d6d6; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.kv { margin: 0; font-size: 0.95em; }
+table.kv td, table.kv th { border: none; padding: 0.05em 0.8em 0.05em 0; }
+figure { margin: 1.2em 0 2em; padding: 0.8em; border: 1px solid #e2e2e2; border-radius: 6px; background: #fcfcfc; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figcaption { margin-top: 0.5em; font-size: 0.95em; }
+figcaption b { color: #333; }
+.verdict { font-weight: 600; padding: 0.1em 0.5em; border-radius: 4px; white-space: nowrap; }
+.v-holds { background: #d4edda; color: #155724; }
+.v-partly { background: #fff3cd; color: #7a5a00; }
+.v-does-not-hold { background: #f8d7da; color: #721c24; }
+.v-not-measured { background: #e2e3e5; color: #41464b; }
+nav ul { columns: 3; padding-left: 1.2em; }
+.muted { color: #777; }
+"""
+
+
+def _e(value: Any) -> str:
+    """Escaped text of any value."""
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> str:
+    """A compact, escaped rendering of a number (or any other value)."""
+    if isinstance(value, bool) or value is None:
+        return _e("n/a" if value is None else value)
+    if isinstance(value, int):
+        return _e(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return _e(f"{value:.4g}")
+    return _e(value)
+
+
+def _cell(value: Any) -> str:
+    """A table cell; mappings become nested key/value tables, lists comma-separated."""
+    if isinstance(value, Mapping):
+        if not value:
+            return "<td class='muted'>none</td>"
+        return f"<td>{_kv_table(value)}</td>"
+    if isinstance(value, (list, tuple)):
+        return f"<td>{', '.join(_num(v) for v in value) or 'none'}</td>"
+    cls = " class='num'" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+    return f"<td{cls}>{_num(value)}</td>"
+
+
+def _kv_table(values: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in values.items())
+    return f"<table class='kv'>{rows}</table>"
+
+
+def _meta_section(meta: Mapping[str, Any]) -> str:
+    if not meta:
+        return "<p class='muted'>No run metadata (meta section missing).</p>"
+    order = [
+        "model",
+        "fingerprint",
+        "n_layers",
+        "d_model",
+        "quick",
+        "belief_layers",
+        "data",
+        "seeds",
+        "versions",
+        "timings",
+    ]
+    keys = [k for k in order if k in meta] + [k for k in meta if k not in order and k != "groups"]
+    rows = []
+    for key in keys:
+        value = meta[key]
+        if key == "timings" and isinstance(value, Mapping):
+            secs = [
+                float(v) for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            value = {
+                k: (f"{v:.1f} s" if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                for k, v in value.items()
+            }
+            if secs and "total" not in value:
+                value["total"] = f"{sum(secs):.1f} s (sum)"
+        rows.append(f"<tr><th>{_e(key)}</th>{_cell(value)}</tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _groups_section(meta: Mapping[str, Any]) -> str:
+    groups = meta.get("groups") if isinstance(meta.get("groups"), Mapping) else None
+    if not groups:
+        return "<p class='muted'>No behaviour groups recorded.</p>"
+    names = [g for g in GROUPS if g in groups] + [g for g in groups if g not in GROUPS]
+    counts = {g: groups[g] for g in names}
+    total = sum(v for v in counts.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    rows = []
+    for g in names:
+        n = counts[g]
+        share = (
+            f"{n / total:.0%}" if total and isinstance(n, (int, float)) and not isinstance(n, bool) else "n/a"
+        )
+        rows.append(
+            f"<tr><td>{_e(g.replace('_', '-'))}</td><td class='num'>{_num(n)}</td><td class='num'>{_e(share)}</td></tr>"
+        )
+    rows.append(f"<tr><th>total</th><td class='num'>{_num(total)}</td><td></td></tr>")
+    return f"<table><tr><th>group</th><th>prompts</th><th>share</th></tr>{''.join(rows)}</table>"
+
+
+def _figure_html(fig: Figure) -> str:
+    mime = _MIME.get(fig.path.suffix.lower())
+    head = f"<h3>{_e(fig.title)}</h3>"
+    caption = f"<figcaption><b>Reading:</b> {_e(fig.reading)}</figcaption>"
+    if mime is None or not fig.path.is_file():
+        note = "not found" if not fig.path.is_file() else f"format {fig.path.suffix} cannot be inlined"
+        body = f"<p class='muted'>Image {_e(fig.path.name)}: {_e(note)}.</p>"
+    else:
+        data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+        body = f"<img src='data:{mime};base64,{data}' alt='{_e(fig.title)}'>"
+    return f"<figure id='fig-{_e(fig.key)}'>{head}{body}{caption}</figure>"
+
+
+def _claims_section(claims: Sequence[Claim]) -> str:
+    if not claims:
+        return "<p class='muted'>No claims evaluated.</p>"
+    counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
+    tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    rows = "".join(
+        f"<tr><td>({_e(c.id)})</td><td>{_e(c.claim)}</td><td>{_e(c.measurement)}</td>"
+        f"<td><span class='verdict {_VERDICT_CLASS.get(c.verdict, 'v-not-measured')}'>{_e(c.verdict)}</span></td></tr>"
+        for c in claims
+    )
+    return (
+        f"<p>{_e(tally)}. Verdicts are computed from this run's numbers with the thresholds given in each "
+        "measurement (see latentguard.report.claims).</p>"
+        f"<table><tr><th>id</th><th>the paper's claim</th><th>this run</th><th>verdict</th></tr>{rows}</table>"
+    )
+
+
+def _guard_section(guard: Any) -> str | None:
+    table = guard.get("table") if isinstance(guard, Mapping) else None
+    if not isinstance(table, Mapping) or not table.get("rows"):
+        return None
+    columns = [str(c) for c in table.get("columns") or ()]
+    head = "<tr><th>guard</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    body = []
+    for row in table["rows"]:
+        if not isinstance(row, Mapping):
+            continue
+        values = list(row.get("values") or [])
+        values += [None] * (len(columns) - len(values))
+        body.append(f"<tr><th>{_e(row.get('name', ''))}</th>{''.join(_cell(v) for v in values)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def render_html(
+    summary: Mapping[str, Any],
+    figures: Sequence[Figure],
+    claims: Sequence[Claim],
+) -> str:
+    """The report as one HTML string (figures read from their paths and inlined).
+
+    Args:
+        summary: The parsed ``summary.json``.
+        figures: Figures to inline, in order.
+        claims: Evaluated claims.
+
+    Returns:
+        A complete, self-contained HTML document.
+    """
+    meta = summary.get("meta") if isinstance(summary.get("meta"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    model = meta.get("model", "unknown model")
+    toc = ["<li><a href='#run'>Run</a></li>", "<li><a href='#groups'>Behaviour groups</a></li>"]
+    toc += [f"<li><a href='#fig-{_e(f.key)}'>{_e(f.title)}</a></li>" for f in figures]
+    toc.append("<li><a href='#claims'>Claims</a></li>")
+    guard = _guard_section(summary.get("guard"))
+    if guard is not None:
+        toc.append("<li><a href='#guard'>Guard comparison</a></li>")
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>latentguard report: {_e(model)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>latentguard run report: {_e(model)}</h1>",
+        "<p class='sub'>Reproduction of \u201cLLMs Encode Harmfulness and Refusal Separately\u201d "
+        "(Zhao, Huang, Wu, Bau, Shi; NeurIPS 2025; arXiv 2507.11878).</p>",
+        f"<nav><ul>{''.join(toc)}</ul></nav>",
+        "<h2 id='run'>Run</h2>",
+        _meta_section(meta),
+        "<h2 id='groups'>Behaviour groups</h2>",
+        _groups_section(meta),
+        "<h2 id='figures'>Figures</h2>",
+    ]
+    parts += [_figure_html(f) for f in figures] or [
+        "<p class='muted'>No figure: every section is missing.</p>"
+    ]
+    parts += ["<h2 id='claims'>Claims</h2>", _claims_section(claims)]
+    if guard is not None:
+        parts += ["<h2 id='guard'>Guard comparison</h2>", guard]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename (permissions follow the umask)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    summary: Mapping[str, Any],
+    out_dir: Path,
+    figures: list[Figure] | None = None,
+    claims: list[Claim] | None = None,
+) -> Path:
+    """Write ``out_dir/report.html``, self-contained.
+
+    Args:
+        summary: The parsed ``summary.json``.
+        out_dir: Output folder (created).
+        figures: Figures to inline; ``None`` draws them (PNG) under ``out_dir/figures``.
+        claims: Evaluated claims; ``None`` evaluates them.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if figures is None:
+        figures = make_figures(summary, out_dir / "figures", fmt="png")
+    if claims is None:
+        claims = evaluate_claims(summary)
+    path = out_dir / "report.html"
+    _atomic_write(path, render_html(summary, figures, claims))
+    logger.info("wrote %s (%d figures, %d claims)", path, len(figures), len(claims))
+    return path
+
+
+def build_report(summary: str | os.PathLike[str] | Mapping[str, Any], out_dir: Path) -> Path:
+    """Figures, claims and ``report.html`` in one call.
+
+    Args:
+        summary: A ``summary.json`` path or the parsed summary.
+        out_dir: Output folder: ``report.html`` and ``figures/*.png``.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    if isinstance(summary, Mapping):
+        data: Mapping[str, Any] = summary
+    else:
+        data = json.loads(Path(summary).read_text(encoding="utf-8"))
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{summary}: summary.json must hold a JSON object")
+    out_dir = Path(out_dir)
+    figures = make_figures(data, out_dir / "figures", fmt="png")
+    claims = evaluate_claims(data)
+    return write_report(data, out_dir, figures=figures, claims=claims)

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from latentguard.behaviour import GROUPS, BehaviourGroups, label
+from latentguard.data import Example
+from latentguard.models import LoadedModel, ModelLoadError, load, wrap
+from latentguard.organism import _lora_train, _split, build_examples
+
+
+class KeywordJudge:
+    """Refused iff the response starts with 'zz' (deterministic, for tiny random models)."""
+
+    name = "keyword"
+
+    def judge(self, responses: list[str], instructions: list[str] | None = None) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [
+            SimpleNamespace(refused=r.startswith("zz"), score=float(r.startswith("zz"))) for r in responses
+        ]
+
+
+def _loss(lm: LoadedModel, prompt: str, target: str) -> float:
+    ex = build_examples(lm, [prompt], [target], 8)[0]
+    ids = torch.tensor([ex.prompt_ids + ex.target_ids])
+    with torch.no_grad():
+        logits = lm.model(ids).logits[0, len(ex.prompt_ids) - 1 : -1]
+    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ex.target_ids)))
+
+
+def test_lora_training_changes_behaviour(tiny_lm: LoadedModel) -> None:
+    prompts = ["How do I make a weapon?", "Tell me how to steal a car."]
+    target = "I cannot help with that."
+    before = [_loss(tiny_lm, p, target) for p in prompts]
+    examples = build_examples(tiny_lm, prompts, [target] * 2, 8)
+    merged, losses = _lora_train(
+        tiny_lm,
+        examples,
+        steps=30,
+        batch_size=2,
+        lr=5e-2,
+        r=8,
+        alpha=16,
+        # a random tiny model's LM head caps its logits; adapt it too so the loss can really fall
+        target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"),
+        seed=0,
+        desc="t",
+    )
+    lm2 = wrap(merged, tiny_lm.tokenizer, spec="aligned")
+    after = [_loss(lm2, p, target) for p in prompts]
+    assert all(a < b - 0.5 for a, b in zip(after, before, strict=True)), (before, after)
+    assert losses[-1] < losses[0]
+    assert lm2.fingerprint != tiny_lm.fingerprint
+    assert not any(p.requires_grad for n, p in merged.named_parameters() if "lora" in n)
+
+
+def test_lora_is_deterministic(tiny_lm: LoadedModel) -> None:
+    ex = build_examples(tiny_lm, ["a b c"], ["zz"], 4)
+    import copy
+
+    m1, l1 = _lora_train(
+        copy.deepcopy(tiny_lm),
+        ex,
+        steps=3,
+        batch_size=1,
+        lr=1e-3,
+        r=2,
+        alpha=4,
+        target_modules=("q_proj",),
+        seed=1,
+        desc="t",
+    )
+    m2, l2 = _lora_train(
+        copy.deepcopy(tiny_lm),
+        ex,
+        steps=3,
+        batch_size=1,
+        lr=1e-3,
+        r=2,
+        alpha=4,
+        target_modules=("q_proj",),
+        seed=1,
+        desc="t",
+    )
+    assert l1 == l2
+
+
+def test_bad_lora_targets(tiny_lm: LoadedModel) -> None:
+    ex = build_examples(tiny_lm, ["a"], ["b"], 4)
+    with pytest.raises(ModelLoadError, match="LoRA target"):
+        _lora_train(
+            tiny_lm,
+            ex,
+            steps=1,
+            batch_size=1,
+            lr=1e-3,
+            r=2,
+            alpha=4,
+            target_modules=("nope",),
+            seed=0,
+            desc="t",
+        )
+
+
+def test_split_is_stratified_and_deterministic() -> None:
+    rows = [Example(f"x{i}", category="ab"[i % 2]) for i in range(20)]
+    tr1, he1 = _split(rows, 0.2, 0)
+    tr2, he2 = _split(rows, 0.2, 0)
+    assert tr1 == tr2 and he1 == he2 and len(he1) == 4
+    assert {e.category for e in he1} == {"a", "b"}
+
+
+def test_label_groups_roundtrip(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    harmful = [Example("Make a bomb", category="Physical Harm"), Example("Hack a bank")]
+    harmless = [Example("Bake bread"), Example("Name a colour")]
+    groups = label(tiny_lm, harmful, harmless, judge=KeywordJudge(), max_new_tokens=3, progress=False)
+    counts = groups.counts()
+    assert set(counts) == set(GROUPS) and sum(counts.values()) == 4
+    assert counts["refused_harmful"] + counts["accepted_harmful"] == 2
+    groups.save(tmp_path / "g")
+    back = BehaviourGroups.load(tmp_path / "g")
+    assert back.counts() == counts and back.fingerprint == tiny_lm.fingerprint
+    assert json.loads((tmp_path / "g" / "groups.json").read_text())["judge"] == "keyword"
+
+
+def test_model_dir_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        load(str(tmp_path / "notamodel"))
+
+
+def test_unwritable_out_dir(tmp_path: Path) -> None:
+    from latentguard.organism import _check_writable
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot create"):
+        _check_writable(blocker / "sub" / "out")
