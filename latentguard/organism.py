@@ -56,13 +56,28 @@ class AlignConfig:
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         metadata={"help": "module names that get LoRA adapters"},
     )
-    max_response_tokens: int = field(default=16, metadata={"help": "target tokens trained per example"})
+    max_response_tokens: int = field(
+        default=16, metadata={"help": "refusal target tokens trained per example"}
+    )
+    answer_tokens: int = field(
+        default=12, metadata={"help": "tokens of the base model's own answers trained"}
+    )
     heldout_fraction: float = field(default=0.2, metadata={"help": "built-in rows kept out of training"})
     extra_shared: bool = field(
         default=True,
-        metadata={"help": "add ../shared/data training sets (AdvBench, Alpaca train) when present"},
+        metadata={
+            "help": "add ../shared/data training sets (never HarmBench test, Alpaca val, XSTest) when present"
+        },
     )
-    n_shared_harmful: int = field(default=120, metadata={"help": "AdvBench rows added when extra_shared"})
+    shared_harmful: tuple[tuple[str, int], ...] = field(
+        default=(
+            ("harmful_advbench", 60),
+            ("harmful_harmbench_val", 41),
+            ("harmful_tdc2023", 40),
+            ("harmful_malicious_instruct", 40),
+        ),
+        metadata={"help": "(../shared/data set, rows) added to the harmful training set when extra_shared"},
+    )
     n_shared_harmless: int = field(
         default=300, metadata={"help": "Alpaca-train rows added when extra_shared"}
     )
@@ -123,7 +138,7 @@ def base_answers(lm: LoadedModel, instructions: Sequence[str], max_new_tokens: i
                 return [str(x) for x in cached]
         except json.JSONDecodeError:
             logger.warning("ignoring corrupt answer cache %s", path)
-    answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=32))
+    answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=48))
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, json.dumps(answers, ensure_ascii=False))
     return answers
@@ -259,14 +274,14 @@ def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) 
     safe_train, safe_held = _split(builtin("harmless"), cfg.heldout_fraction, cfg.seed)
     sources = {"harmful": ["builtin:harmful (train split)"], "harmless": ["builtin:harmless (train split)"]}
     if cfg.extra_shared:
-        adv = load_shared("harmful_advbench")
+        rng = random.Random(cfg.seed)
+        for name, n in cfg.shared_harmful:
+            rows = list(load_shared(name) or [])
+            rng.shuffle(rows)
+            harm_train += rows[:n]
+            if rows:
+                sources["harmful"].append(f"shared:{name} ({min(n, len(rows))} rows)")
         alp = load_shared("harmless_alpaca_train")
-        if adv:
-            rng = random.Random(cfg.seed)
-            adv = list(adv)
-            rng.shuffle(adv)
-            harm_train += adv[: cfg.n_shared_harmful]
-            sources["harmful"].append(f"shared:harmful_advbench ({min(len(adv), cfg.n_shared_harmful)} rows)")
         if alp:
             safe_train += list(alp)[: cfg.n_shared_harmless]
             sources["harmless"].append(f"shared:harmless_alpaca_train (first {cfg.n_shared_harmless})")
@@ -320,10 +335,10 @@ def align(
     rng = random.Random(cfg.seed)
     refusal_targets = [rng.choice(refusals) for _ in data["harm_train"]]
     t_gen = time.perf_counter()
-    answers = base_answers(lm, data["safe_train"], cfg.max_response_tokens + 4)
+    answers = base_answers(lm, data["safe_train"], cfg.answer_tokens)
     t_gen = time.perf_counter() - t_gen
     examples = build_examples(lm, data["harm_train"], refusal_targets, cfg.max_response_tokens)
-    examples += build_examples(lm, data["safe_train"], answers, cfg.max_response_tokens)
+    examples += build_examples(lm, data["safe_train"], answers, cfg.answer_tokens)
     steps = max(1, int(round(cfg.epochs * len(examples) / cfg.batch_size)))
     t_train = time.perf_counter()
     merged, losses = _lora_train(
@@ -454,10 +469,16 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"output folder {parent} is not writable")
 
 
+def recipe_tag(config: AlignConfig) -> str:
+    """Hash of everything that changes the organism (not the thread count)."""
+    recipe = {k: v for k, v in asdict(config).items() if k != "threads"}
+    return hashlib.sha256(json.dumps([RECIPE_VERSION, recipe], sort_keys=True).encode()).hexdigest()[:10]
+
+
 def organism_dir(config: AlignConfig | None = None) -> Path:
     """The cached default organism, built on first use (several minutes on CPU)."""
     cfg = config or AlignConfig()
-    tag = hashlib.sha256(json.dumps([RECIPE_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    tag = recipe_tag(cfg)
     out = cache_dir() / "models" / f"organism-{tag}"
     if (out / "organism.json").is_file() and (out / "model.safetensors").is_file():
         return out

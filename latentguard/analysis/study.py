@@ -188,10 +188,10 @@ def _directions_section(
 def _versions() -> dict[str, str]:
     import transformers
 
-    from latentguard import __version__
+    import latentguard
 
     return {
-        "latentguard": __version__,
+        "latentguard": getattr(latentguard, "__version__", "unknown"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -238,7 +238,7 @@ def run_study(
     with st.stage("beliefs"):
         summary["beliefs"], cents = belief_analysis(acts, belief_layers)
 
-    stride = cfg.pick(6, 2, cfg.sweep_stride)
+    stride = cfg.pick(7, 2, cfg.sweep_stride)
     n_sweep = cfg.pick(8, 24, cfg.n_sweep_prompts)
     sweep_cfg = SweepConfig(
         layers=tuple(sweep_layers(lm.n_layers, stride)),
@@ -325,13 +325,16 @@ def _jailbreaks(
     from latentguard.generation import GenerationConfig, generate
 
     refused = groups.instructions("refused_harmful")
-    n = cfg.pick(4, 12, cfg.n_jailbreak_instructions)
+    n = cfg.pick(3, 12, cfg.n_jailbreak_instructions)
     base = refused[:n]
-    prompts = template_prompts(base, use_shared=cfg.use_shared, max_templates=cfg.pick(2, 6))
+    # the shared GPTFuzzer templates are long (hundreds of tokens): the quick run uses the built-in ones
+    prompts = template_prompts(
+        base, use_shared=cfg.use_shared and not cfg.quick, max_templates=cfg.pick(2, 6)
+    )
     prompts += persuasion_prompts(base[: max(1, n // 2)])
-    n_gcg = cfg.pick(1, 3, cfg.gcg_prompts)
+    n_gcg = cfg.pick(1, 2, cfg.gcg_prompts)
     if n_gcg:
-        gcfg = GCGConfig(steps=cfg.pick(4, 40, cfg.gcg_steps), search_width=cfg.pick(16, 64), seed=cfg.seed)
+        gcfg = GCGConfig(steps=cfg.pick(4, 20, cfg.gcg_steps), search_width=cfg.pick(16, 48), seed=cfg.seed)
         prompts += gcg_prompts(lm, base[:n_gcg], gcfg)
     texts = [p.prompt for p in prompts]
     responses = generate(lm, texts, GenerationConfig(max_new_tokens=cfg.max_new_tokens, progress=False))
@@ -390,7 +393,8 @@ def _finetune(
     else:
         attacked_path = out / "attacked_model"
         if not (attacked_path / "attack.json").is_file():
-            attack(lm, attacked_path)
+            # attack a fresh copy: LoRA merging changes the weights of the model object it is given
+            attack(str(lm.extra.get("path") or lm.spec), attacked_path)
     # the attack merges LoRA into the weights of the model object it is given; reload the original
     attacked = load(str(attacked_path))
     insts = (groups.instructions("refused_harmful") + groups.instructions("accepted_harmful"))[

@@ -102,19 +102,19 @@ def steering_sweep(
     return result
 
 
-def _certainly_rate(
+def _log_odds(
     lm: LoadedModel,
     prompts: Sequence[Positions],
     ids: dict[str, list[int]],
     vecs: dict[int, torch.Tensor] | None,
     coefficient: float,
     batch_size: int,
-) -> float:
-    """Fraction of prompts whose first-token log-prob favours 'Certainly' over 'No'."""
+) -> torch.Tensor:
+    """Per prompt, first-token ``log P('Certainly') - log P('No')`` (float64, input order)."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     yes_ids = torch.tensor(ids["Certainly"])
     no_ids = torch.tensor(ids["No"])
-    n_yes = 0
+    out = torch.zeros(len(prompts), dtype=torch.float64)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     dev = lm.device
     for s in range(0, len(order), batch_size):
@@ -142,8 +142,8 @@ def _certainly_rate(
         logp = torch.log_softmax(logits.float(), -1).cpu()
         yes = torch.logsumexp(logp[:, yes_ids], -1)
         no = torch.logsumexp(logp[:, no_ids], -1)
-        n_yes += int((yes > no).sum())
-    return n_yes / max(1, len(prompts))
+        out[torch.tensor(idx)] = (yes - no).double()
+    return out
 
 
 def inversion_sweep(
@@ -169,31 +169,56 @@ def inversion_sweep(
         for q in questions
     }
 
-    def avg(which: int, vecs: dict[int, torch.Tensor] | None, c: float) -> float:
-        rates = [_certainly_rate(lm, sets[q][which], ids, vecs, c, cfg.batch_size) for q in questions]
-        return sum(rates) / len(rates)
+    def odds(which: int, vecs: dict[int, torch.Tensor] | None, c: float) -> list[torch.Tensor]:
+        return [_log_odds(lm, sets[q][which], ids, vecs, c, cfg.batch_size) for q in questions]
 
-    base_safe, base_harm = avg(0, None, 0.0), avg(1, None, 0.0)
+    base = {0: odds(0, None, 0.0), 1: odds(1, None, 0.0)}
+    # A small model may prefer one answer word whatever the prompt; the decision threshold of each
+    # question is calibrated on the unsteered prompts: the midpoint of the harmless and harmful
+    # mean log-odds. raw_* rates use the plain comparison (threshold 0).
+    thresholds = [float((base[0][k].mean() + base[1][k].mean()) / 2) for k in range(len(questions))]
+
+    def rate(odds_list: list[torch.Tensor], calibrated: bool = True) -> float:
+        vals = [
+            float((o > (t if calibrated else 0.0)).double().mean())
+            for o, t in zip(odds_list, thresholds, strict=True)
+        ]
+        return sum(vals) / len(vals)
+
+    def mean_odds(odds_list: list[torch.Tensor]) -> float:
+        return float(sum(float(o.mean()) for o in odds_list) / len(odds_list))
+
+    base_safe, base_harm = rate(base[0]), rate(base[1])
     result: dict[str, Any] = {
         "layers": layers,
         "questions": list(questions),
         "coefficient": cfg.coefficient,
+        "decision": "log P(Certainly) - log P(No) above a per-question threshold calibrated on unsteered prompts",
+        "thresholds": thresholds,
         "baseline": {"harmless": base_safe, "harmful": base_harm},
+        "raw_baseline": {"harmless": rate(base[0], False), "harmful": rate(base[1], False)},
+        "baseline_log_odds": {"harmless": mean_odds(base[0]), "harmful": mean_odds(base[1])},
         "add_to_harmless": {},
         "subtract_from_harmful": {},
+        "log_odds": {"add_to_harmless": {}, "subtract_from_harmful": {}},
         "flip": {},
         "ranking": {},
     }
     for name, d in directions.items():
-        add, sub = [], []
+        add, sub, add_lo, sub_lo = [], [], [], []
         for layer in layers:
             vec = {layer: d.vectors[layer]}
-            add.append(avg(0, vec, cfg.coefficient))
-            sub.append(avg(1, vec, -cfg.coefficient))
+            o_add, o_sub = odds(0, vec, cfg.coefficient), odds(1, vec, -cfg.coefficient)
+            add.append(rate(o_add))
+            sub.append(rate(o_sub))
+            add_lo.append(mean_odds(o_add))
+            sub_lo.append(mean_odds(o_sub))
             if progress:
                 progress(f"inversion {name} layer {layer}: {add[-1]:.2f} / {sub[-1]:.2f}")
         result["add_to_harmless"][name] = add
         result["subtract_from_harmful"][name] = sub
+        result["log_odds"]["add_to_harmless"][name] = add_lo
+        result["log_odds"]["subtract_from_harmful"][name] = sub_lo
         flips = [((a - base_safe) + (base_harm - b)) / 2 for a, b in zip(add, sub, strict=True)]
         result["flip"][name] = max(flips) if flips else 0.0
         result["ranking"][name] = [layers[k] for k in sorted(range(len(layers)), key=lambda k: -flips[k])]
@@ -201,7 +226,7 @@ def inversion_sweep(
     check = [p for q in questions[:1] for p in sets[q][0][:8] + sets[q][1][:8]]
     texts = generate_from_positions(lm, check, 3, cfg.batch_size)
     decided = [_first_word(t) for t in texts]
-    logit_yes = [_certainly_rate(lm, [p], ids, None, 0.0, 1) > 0.5 for p in check]
+    logit_yes = (_log_odds(lm, check, ids, None, 0.0, cfg.batch_size) > 0).tolist()
     pairs = [
         (d == "certainly", y) for d, y in zip(decided, logit_yes, strict=True) if d in ("certainly", "no")
     ]

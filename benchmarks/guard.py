@@ -1,0 +1,138 @@
+"""Latent Guard cost: standalone latency/throughput, fused-guard overhead, server throughput.
+
+On the same prompts, in one run:
+* per-prompt latency and prompts/s at batch 1 and batch 32 for the Latent Guard (``check``), the
+  self-check baseline (reply-inversion prompt, one forward with the LM head) and the MiniLM text
+  classifier;
+* guarded generation (guard read from the same prefill) against plain generation;
+* the HTTP server (uvicorn on loopback) with 8 concurrent clients.
+
+    python benchmarks/guard.py [--model organism] [--n 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import torch
+from _common import emit, shared_instructions
+
+from latentguard.data import builtin, inversion_questions
+from latentguard.generation import first_token_logits, generate_from_positions
+from latentguard.guard.evaluate import text_classifier_baseline
+from latentguard.guard.fit import GuardConfig, fit_guard
+from latentguard.guard.guarded import LatentGuardBackend, guarded_generate
+from latentguard.guard.score import check
+from latentguard.models import load
+from latentguard.positions import locate_many
+
+
+def timed(fn, *args, repeat: int = 1, **kw):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        out = fn(*args, **kw)
+    return (time.perf_counter() - t0) / repeat, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    lm = load(args.model)
+    harmful = [e.instruction for e in builtin("harmful")]
+    harmless = [e.instruction for e in builtin("harmless")] + [e.instruction for e in builtin("xstest_like")]
+    guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
+    emit(f"guard: method={guard.method} layers={guard.layers} (deepest {max(guard.layers)} of {lm.n_layers})")
+    prompts = shared_instructions("harmless_alpaca_val", args.n) or harmless[: args.n]
+    prompts = prompts[: args.n]
+
+    # standalone guards
+    q = inversion_questions()[0]
+    inv = locate_many(lm.tokenizer, prompts, question=q)
+    text = text_classifier_baseline(harmful[:120] + harmless[:120], np.array([1] * 120 + [0] * 120))
+    rows = []
+    for bs in (1, 32):
+        t_guard, _ = timed(check, lm, guard, prompts, batch_size=bs)
+        t_self, _ = timed(first_token_logits, lm, inv, bs)
+        line = {"batch": bs, "latent_guard": t_guard, "self_check": t_self}
+        if text is not None:
+            t_text, _ = timed(text.score, prompts)
+            line["text_classifier"] = t_text
+        rows.append(line)
+        emit(
+            f"batch={bs}: "
+            + "  ".join(
+                f"{k}: {len(prompts) / v:,.1f} prompts/s ({1000 * v / len(prompts):.1f} ms/prompt)"
+                for k, v in line.items()
+                if k != "batch"
+            )
+        )
+    speedup = rows[1]["self_check"] / rows[1]["latent_guard"]
+
+    # fused guard overhead in generation
+    pos = locate_many(lm.tokenizer, prompts[:16])
+    generate_from_positions(lm, pos[:2], 2)  # warm-up
+    t_plain, _ = timed(generate_from_positions, lm, pos, args.max_new_tokens, 8)
+    t_fused, _ = timed(
+        guarded_generate,
+        lm,
+        guard,
+        prompts[:16],
+        policy="allow",
+        max_new_tokens=args.max_new_tokens,
+        batch_size=8,
+    )
+    overhead = t_fused / t_plain - 1
+    emit(
+        f"generation of 16 prompts x {args.max_new_tokens} tokens: plain {t_plain:.2f} s, "
+        f"guarded (one prefill) {t_fused:.2f} s, overhead {100 * overhead:+.1f}%"
+    )
+
+    # server throughput with 8 concurrent clients
+    import httpx
+    import uvicorn
+
+    from latentguard.guard.serve import ServeConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(LatentGuardBackend(lm, guard), ServeConfig(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    async def client(cid: int, n: int, ok: list[int]) -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+            for k in range(n):
+                r = await c.post("/v1/classify", json={"prompts": [prompts[(cid * n + k) % len(prompts)]]})
+                ok.append(int(r.status_code == 200))
+
+    async def load_test() -> tuple[float, list[int]]:
+        ok: list[int] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, 16, ok) for i in range(8)))
+        return time.perf_counter() - t0, ok
+
+    t_srv, ok = asyncio.run(load_test())
+    server.should_exit = True
+    th.join(timeout=10)
+    emit(
+        f"server: 8 clients x 16 requests: {len(ok) / t_srv:,.1f} requests/s, {sum(ok)}/{len(ok)} answered 200"
+    )
+    emit(f"fused_guard_overhead={overhead:.4f}")
+    emit(f"guard_vs_selfcheck_speedup={speedup:.3f}")
+
+
+if __name__ == "__main__":
+    main()
