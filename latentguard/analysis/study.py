@@ -126,6 +126,33 @@ class Stages:
             logger.info("stage %s done in %.1f s", name, self.timings[name])
 
 
+def _cached_label(
+    lm: LoadedModel, harmful: Sequence[Example], harmless: Sequence[Example], judge: Any, max_new_tokens: int
+) -> BehaviourGroups:
+    """:func:`label`, cached by model, judge, prompts and generation length (greedy, so deterministic)."""
+    from latentguard.activations import prompt_hash
+    from latentguard.models import cache_dir
+
+    key = "-".join(
+        [
+            lm.fingerprint,
+            judge.name,
+            prompt_hash([e.instruction for e in harmful]),
+            prompt_hash([e.instruction for e in harmless]),
+            str(max_new_tokens),
+        ]
+    )
+    path = cache_dir() / "labels" / key
+    if (path / "groups.json").is_file():
+        try:
+            return BehaviourGroups.load(path)
+        except ValueError as exc:
+            logger.warning("recomputing labels: %s", exc)
+    groups = label(lm, harmful, harmless, judge=judge, max_new_tokens=max_new_tokens, progress=False)
+    groups.save(path)
+    return groups
+
+
 def _acts(lm: LoadedModel, insts: Sequence[str], cfg: StudyConfig) -> ActivationSet:
     return extract(lm, list(insts), ExtractConfig(batch_size=cfg.batch_size, progress=False))
 
@@ -238,8 +265,8 @@ def run_study(
     with st.stage("beliefs"):
         summary["beliefs"], cents = belief_analysis(acts, belief_layers)
 
-    stride = cfg.pick(7, 2, cfg.sweep_stride)
-    n_sweep = cfg.pick(8, 24, cfg.n_sweep_prompts)
+    stride = cfg.pick(7, 3, cfg.sweep_stride)
+    n_sweep = cfg.pick(8, 16, cfg.n_sweep_prompts)
     sweep_cfg = SweepConfig(
         layers=tuple(sweep_layers(lm.n_layers, stride)),
         coefficient=cfg.coefficient,
