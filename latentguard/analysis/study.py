@@ -265,8 +265,8 @@ def run_study(
     with st.stage("beliefs"):
         summary["beliefs"], cents = belief_analysis(acts, belief_layers)
 
-    stride = cfg.pick(7, 3, cfg.sweep_stride)
-    n_sweep = cfg.pick(8, 16, cfg.n_sweep_prompts)
+    stride = cfg.pick(10, 3, cfg.sweep_stride)
+    n_sweep = cfg.pick(6, 16, cfg.n_sweep_prompts)
     sweep_cfg = SweepConfig(
         layers=tuple(sweep_layers(lm.n_layers, stride)),
         coefficient=cfg.coefficient,

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "TPR harmful",
+    "TPR wrapped (all jailbreak prompts)",
     "TPR jailbreak (succeeded)",
     "FPR everyday",
     "FPR XSTest-style",
@@ -207,6 +208,7 @@ def _row(
     s_e, d_e = decide(data["test_everyday"])
     _, d_x = decide(data["test_xstest"])
     _, d_j = decide(succeeded)
+    _, d_w = decide(data["test_jailbreak"])
     _, d_ah = decide(groups.get("accepted_harmful", []))
     _, d_rs = decide(groups.get("refused_harmless", []))
     scores = np.concatenate([s_h, s_e])
@@ -222,6 +224,7 @@ def _row(
         "name": sc.name,
         "values": [
             mean(d_h),
+            mean(d_w),
             mean(d_j),
             mean(d_e),
             mean(d_x),
