@@ -81,7 +81,8 @@ def steering_sweep(
         "layers": layers,
         "coefficient": cfg.coefficient,
         "steps": cfg.steps,
-        "n_prompts": len(harmless) + len(harmful),
+        "n_prompts": len(harmless),  # per case (harmless prompts steered up; as many harmful steered down)
+        "n_harmful": len(harmful),
         "baseline": {
             "harmless": rate(p_safe, harmless, None, 0.0),
             "harmful": rate(p_harm, harmful, None, 0.0),
