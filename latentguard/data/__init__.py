@@ -179,8 +179,13 @@ def _builtin_text(filename: str) -> str:
     return _decode(resource.read_bytes(), f"builtin/{filename}")
 
 
+#: Public set names whose file is named differently (the file name must not suggest a copy of XSTest).
+_BUILTIN_FILES = {"xstest_like": "lookalike_safe"}
+
+
 def _builtin_filename(name: str) -> str:
     name = name.removesuffix(".jsonl")
+    name = _BUILTIN_FILES.get(name, name)
     if not name or not all(c.isalnum() or c == "_" for c in name):
         raise ValueError(f"invalid built-in data set name {name!r}")
     return f"{name}.jsonl"
