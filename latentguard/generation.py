@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import pad_batch
+from latentguard.activations import Batch, pad_batch
 from latentguard.models import LoadedModel
 from latentguard.positions import Positions, locate_many, model_max_length
 
@@ -61,6 +61,39 @@ def stop_token_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def greedy_batch(
+    lm: LoadedModel, batch: Batch, max_new_tokens: int, stops: Sequence[int], **kwargs: Any
+) -> torch.Tensor:
+    """One greedy ``generate`` call on a left-padded batch; returns the new token ids on CPU.
+
+    Extra keyword arguments (e.g. ``stopping_criteria``) go to ``generate``.
+    """
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dev = lm.device
+    hf_generate: Callable[..., torch.Tensor] = lm.model.generate  # type: ignore[assignment]
+    with torch.inference_mode():
+        gen = hf_generate(
+            input_ids=batch.input_ids.to(dev),
+            attention_mask=batch.attention_mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+            eos_token_id=list(stops) or None,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **kwargs,
+        )
+    return gen[:, batch.input_ids.shape[1] :].to("cpu")
+
+
+def decode_until_stop(lm: LoadedModel, ids: Sequence[int], stops: Sequence[int]) -> str:
+    """Text of ``ids`` up to the first stop token."""
+    cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+    return str(lm.tokenizer.decode(list(ids[:cut]), skip_special_tokens=True)).strip()
+
+
 def generate_from_positions(
     lm: LoadedModel,
     prompts: Sequence[Positions],
@@ -75,30 +108,13 @@ def generate_from_positions(
     stops = stop_token_ids(lm)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[str] = [""] * len(prompts)
-    dev = lm.device
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = pad_batch([prompts[i].input_ids for i in idx], pad_id, "left")
-            hf_generate: Callable[..., torch.Tensor] = lm.model.generate  # type: ignore[assignment]
-            with torch.inference_mode():
-                gen = hf_generate(
-                    input_ids=batch.input_ids.to(dev),
-                    attention_mask=batch.attention_mask.to(dev),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=pad_id,
-                    eos_token_id=stops or None,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-            new = gen[:, batch.input_ids.shape[1] :].to("cpu")
+            new = greedy_batch(lm, batch, max_new_tokens, stops)
             for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
-                out[i] = lm.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+                out[i] = decode_until_stop(lm, new[row].tolist(), stops)
             bar.update(len(idx))
     return out
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from latentguard.activations import pad_batch
-from latentguard.generation import generate_from_positions, stop_token_ids
+from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import GuardResult, guard_layers_available, results_from_states, templated
 from latentguard.models import LoadedModel, find_final_norm
@@ -165,11 +165,6 @@ class _BlockAfterPrefill:
         return self._done.to(input_ids.device)
 
 
-def _decode(lm: LoadedModel, ids: list[int], stops: Sequence[int]) -> str:
-    cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
-    return str(lm.tokenizer.decode(ids[:cut], skip_special_tokens=True)).strip()
-
-
 def _check_args(policy: str, max_new_tokens: int, batch_size: int) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -245,8 +240,6 @@ def guarded_generate(
 
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     stops = stop_token_ids(lm)
-    dev = lm.device
-    hf_generate: Callable[..., torch.Tensor] = lm.model.generate  # type: ignore[assignment]
     n = len(positions)
     verdicts: list[GuardResult | None] = [None] * n
     texts: list[str] = [""] * n
@@ -261,27 +254,13 @@ def guarded_generate(
         criteria = StoppingCriteriaList([_BlockAfterPrefill(capture, guard)] if policy == "block" else [])
         try:
             capture.register()
-            with torch.inference_mode():
-                gen = hf_generate(
-                    input_ids=batch.input_ids.to(dev),
-                    attention_mask=batch.attention_mask.to(dev),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=pad_id,
-                    eos_token_id=stops or None,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    stopping_criteria=criteria,
-                )
+            new = greedy_batch(lm, batch, max_new_tokens, stops, stopping_criteria=criteria)
         finally:
             capture.remove()
         results = results_from_states(guard, capture.stacked())
-        new = gen[:, batch.input_ids.shape[1] :].to("cpu")
         for row, i in enumerate(idx):
             verdicts[i] = results[row]
-            texts[i] = _decode(lm, new[row].tolist(), stops)
+            texts[i] = decode_until_stop(lm, new[row].tolist(), stops)
     final = [v for v in verdicts if v is not None]
     assert len(final) == n
 
