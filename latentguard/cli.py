@@ -139,31 +139,6 @@ def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
     _atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _read_rows(path: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    from latentguard.data import DataError
-
-    p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not valid UTF-8 ({exc})") from exc
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
-        missing = [k for k in required if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise DataError(f"{p}:{n}: missing field(s) {missing}")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{p}: empty file (no rows)")
-    return rows
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from latentguard.data import load_any
     from latentguard.generation import GenerationConfig, generate
@@ -192,9 +167,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    from latentguard.data import read_jsonl_rows
     from latentguard.judge import load_judge
 
-    rows = _read_rows(args.data, ["response"])
+    rows = read_jsonl_rows(args.data, ["response"])
     judge = load_judge(args.judge)
     insts = [str(r.get("instruction", "")) for r in rows] if all("instruction" in r for r in rows) else None
     verdicts = judge.judge([str(r["response"]) for r in rows], insts)

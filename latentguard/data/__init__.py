@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from functools import cache
@@ -128,6 +128,30 @@ def _iter_jsonl_rows(text: str, source: str) -> Iterator[tuple[int, dict[str, An
         yield lineno, row
     if not seen:
         raise DataError(f"{source}: empty file (no rows)")
+
+
+def read_jsonl_rows(path: str | os.PathLike[str], required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Raw rows of a JSON Lines file, with the same checks as :func:`load_jsonl`.
+
+    Args:
+        path: The file.
+        required: Fields every row must have (values may be empty, unlike instructions).
+
+    Raises:
+        DataError: Bad UTF-8 or JSON, an empty file, or a row missing a required field.
+    """
+    source = str(path)
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from exc
+    rows = []
+    for lineno, row in _iter_jsonl_rows(_decode(data, source), source):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{source}:{lineno}: missing field(s) {missing}")
+        rows.append(row)
+    return rows
 
 
 def _to_example(row: dict[str, Any], field_name: str, where: str) -> Example:
