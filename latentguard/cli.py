@@ -36,6 +36,53 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system", default=None, help="system prompt (default: the template's own)")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="run here, or on Ray (latentguard[ray])"
+    )
+    g.add_argument("--workers", type=int, default=2, help="Ray workers, each with its own model replica")
+    g.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: start one on 127.0.0.1)"
+    )
+    g.add_argument(
+        "--threads", type=int, default=None, help="torch threads (per Ray worker; default cores / workers)"
+    )
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs reserved per Ray worker")
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    """The Ray engine's config for ``--engine ray``; ``None`` (after applying ``--threads``) for local."""
+    if args.engine == "local":
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return None
+    from latentguard.ray_engine import EngineConfig
+
+    return EngineConfig(
+        workers=args.workers,
+        threads=args.threads,
+        address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+
+
+def _model_ref(args: argparse.Namespace) -> Any:
+    from latentguard.ray_engine import ModelRef
+
+    return ModelRef(
+        spec=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        load_in_bits=args.load_in_bits,
+        chat_template=args.chat_template,
+        layers_path=args.layers_path,
+    )
+
+
 def _load_model(args: argparse.Namespace) -> Any:
     from latentguard.models import load
 
@@ -74,17 +121,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from latentguard.activations import ExtractConfig, extract
 
     insts = _instructions(args.data, args.limit)  # bad data fails before the model loads
-    lm = _load_model(args)
+    engine = _engine(args)
     cfg = ExtractConfig(
         positions=tuple(p.strip() for p in args.positions.split(",") if p.strip()),
         layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None,
         batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
         padding_side=args.padding_side,
         system=args.system,
         use_cache=not args.no_cache,
         progress=not args.quiet,
     )
-    acts = extract(lm, insts, cfg)
+    if engine is None:
+        acts = extract(_load_model(args), insts, cfg)
+    else:
+        from latentguard import ray_engine
+
+        acts = ray_engine.extract(_model_ref(args), insts, cfg, engine)
     out = acts.save(args.out)
     _print_json(
         {"out": str(out), "shape": list(acts.activations.shape), "from_cache": acts.meta["n_from_cache"]}
@@ -145,7 +198,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from latentguard.judge import load_judge
 
     examples = load_any(args.data, limit=args.limit)
-    lm = _load_model(args)
+    engine = _engine(args)
     insts = [e.instruction for e in examples]
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -153,8 +206,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         system=args.system,
         progress=not args.quiet,
     )
-    responses = generate(lm, insts, cfg)
-    verdicts = load_judge(args.judge).judge(responses, insts)
+    if engine is None:
+        responses = generate(_load_model(args), insts, cfg)
+        verdicts = load_judge(args.judge).judge(responses, insts)
+    else:
+        from latentguard import ray_engine
+
+        done = ray_engine.generate(_model_ref(args), insts, cfg, engine, judge=args.judge)
+        responses, verdicts = done.responses, done.verdicts or []
     rows = [
         {**e.meta, "instruction": e.instruction, "response": r, "refused": v.refused, "score": v.score}
         for e, r, v in zip(examples, responses, verdicts, strict=True)
@@ -171,16 +230,24 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from latentguard.judge import load_judge
 
     rows = read_jsonl_rows(args.data, ["response"])
-    judge = load_judge(args.judge)
+    engine = _engine(args)
     insts = [str(r.get("instruction", "")) for r in rows] if all("instruction" in r for r in rows) else None
-    verdicts = judge.judge([str(r["response"]) for r in rows], insts)
+    responses = [str(r["response"]) for r in rows]
+    if engine is None:
+        judge = load_judge(args.judge)
+        verdicts, judge_name = judge.judge(responses, insts), judge.name
+    else:
+        from latentguard import ray_engine
+
+        judged = ray_engine.judge(args.judge, responses, insts, engine)
+        verdicts, judge_name = judged.verdicts, judged.judge_name
     out = [{**r, "refused": v.refused, "score": v.score} for r, v in zip(rows, verdicts, strict=True)]
     _write_jsonl(args.out, out)
     _print_json(
         {
             "out": args.out,
             "n": len(out),
-            "judge": judge.name,
+            "judge": judge_name,
             "refusal_rate": sum(r["refused"] for r in out) / len(out),
         }
     )
@@ -280,9 +347,16 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
 
 
 def _load_guard(args: argparse.Namespace) -> tuple[Any, Any]:
-    import json as _json
-
     from latentguard.guard.fit import LatentGuard
+
+    _guard_model(args)
+    lm = _load_model(args)
+    return lm, LatentGuard.load(args.guard, lm)
+
+
+def _guard_model(args: argparse.Namespace) -> None:
+    """Fill in ``args.model`` from the guard's JSON when ``--model`` was not given."""
+    import json as _json
 
     meta_path = Path(args.guard)
     meta_file = meta_path if meta_path.suffix == ".json" else meta_path.with_suffix(".json")
@@ -293,16 +367,24 @@ def _load_guard(args: argparse.Namespace) -> tuple[Any, Any]:
             args.model = _json.loads(meta_file.read_text(encoding="utf-8")).get("model") or "organism"
         except (OSError, ValueError):
             args.model = "organism"
-    lm = _load_model(args)
-    return lm, LatentGuard.load(args.guard, lm)
 
 
 def cmd_guard_check(args: argparse.Namespace) -> int:
-    from latentguard.guard.score import check
+    from latentguard.guard.score import GuardResult, check
 
-    lm, guard = _load_guard(args)
+    engine = _engine(args)
+
+    def run(prompts: list[str], batch_size: int = 16) -> list[GuardResult]:
+        if engine is None:
+            lm, guard = _load_guard(args)
+            return check(lm, guard, prompts, batch_size=batch_size)
+        from latentguard import ray_engine
+
+        _guard_model(args)
+        return ray_engine.check(_model_ref(args), args.guard, prompts, engine, batch_size=batch_size)
+
     if args.prompt is not None:
-        res = check(lm, guard, [args.prompt])[0]
+        res = run([args.prompt])[0]
         _print_json({"harmful": res.harmful, "score": res.score, "layer_scores": res.layer_scores})
         return 0
     if not (args.data and args.out):
@@ -310,7 +392,7 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
     from latentguard.data import load_any
 
     examples = load_any(args.data)
-    results = check(lm, guard, [e.instruction for e in examples], batch_size=args.batch_size)
+    results = run([e.instruction for e in examples], batch_size=args.batch_size)
     rows = [
         {
             **e.meta,
@@ -380,7 +462,7 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
 
 def cmd_guard_eval(args: argparse.Namespace) -> int:
     from latentguard.activations import _atomic_write_text
-    from latentguard.guard.table import EvalConfig, evaluate_guards, format_table
+    from latentguard.guard.table import EvalConfig, evaluate_guards, format_repair, format_table
     from latentguard.judge import load_judge
     from latentguard.models import load
 
@@ -396,6 +478,11 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     text = format_table(table)
     if "after_attack" in table:
         text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])
+    if "repair" in table:
+        text += (
+            "\n\nOver-refusal repair (Latent Guard says harmless + the answer is a refusal -> answer again "
+        )
+        text += "with the refusal direction ablated):\n\n" + format_repair(table["repair"])
     _atomic_write_text(out / "guard_eval.md", text + "\n")
     sys.stdout.write(text + "\n")
     return 0
@@ -447,9 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", default="t_inst,t_post_inst")
     p.add_argument("--layers", default=None, help="comma-separated hidden-state indices (default all)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--chunk-size", type=int, default=128, help="prompts per cached chunk (the Ray engine's unit of work)"
+    )
     p.add_argument("--padding-side", choices=("left", "right"), default="left")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--no-cache", action="store_true")
+    _add_engine_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("directions", help="harmfulness and refusal directions per layer, and their cosine")
@@ -471,12 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--judge", default="learned", choices=("learned", "substring"))
     p.add_argument("--limit", type=int, default=None)
+    _add_engine_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("judge", help="add refused/score to rows with a 'response' field")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--judge", default="learned", choices=("learned", "substring"))
+    _add_engine_args(p)
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("label", help="behaviour groups: refused/accepted x harmful/harmless")
@@ -547,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--batch-size", type=int, default=16)
+    _add_engine_args(p)
     p.set_defaults(func=cmd_guard_check)
 
     p = guard.add_parser("chat", help="guarded generation (interactive without --prompt)")
@@ -594,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from latentguard.data import DataError
     from latentguard.models import ModelLoadError, NoChatTemplateError
     from latentguard.positions import PositionError
+    from latentguard.ray_engine import RayEngineError
 
     handler: Handler = args.func
     try:
@@ -605,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PositionError,
         ArtifactError,
         FileNotFoundError,
+        RayEngineError,
     ) as exc:
         logger.error("%s", exc)
         sys.stderr.write(f"latentguard: error: {exc}\n")

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,12 +162,36 @@ def find_final_norm(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _offloaded_weights(model: nn.Module) -> dict[str, Callable[[], torch.Tensor]]:
+    """Readers of the weights that accelerate offloaded (``device_map`` with ``"disk"``/``"cpu"`` offload).
+
+    Offloaded parameters sit on the ``meta`` device; their values live in the ``weights_map`` of the
+    module's ``_hf_hook``. Returns ``{state-dict name: function returning the tensor}``.
+    """
+    out: dict[str, Callable[[], torch.Tensor]] = {}
+    for mod_name, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+            weights_map = getattr(h, "weights_map", None)
+            if weights_map is None or not getattr(h, "offload", False):
+                continue
+            local = [n for n, _ in module.named_parameters(recurse=False)]
+            local += [n for n, _ in module.named_buffers(recurse=False)]
+            for key in local:
+                full = f"{mod_name}.{key}" if mod_name else key
+                out[full] = functools.partial(weights_map.__getitem__, key)
+    return out
+
+
 def model_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
     """A short content hash of a model: config plus a strided sample of every weight.
 
-    Cheap (no full pass over the weights) yet changes when finetuning touches any matrix.
+    Cheap (no full pass over the weights) yet changes when finetuning touches any matrix. Weights
+    that accelerate offloaded (``meta`` parameters under a ``device_map``) are read from the offload
+    map, so a dispatched model has the same fingerprint as the same model loaded whole.
     """
     base = _unwrap(model)
+    offloaded = _offloaded_weights(base)
     h = hashlib.sha256()
     config = getattr(base, "config", None)
     if config is not None:
@@ -177,6 +203,11 @@ def model_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
         for name, param in base.state_dict().items():
             h.update(name.encode())
             h.update(str(tuple(param.shape)).encode())
+            if param.device.type == "meta" and name in offloaded:
+                try:
+                    param = offloaded[name]()
+                except (KeyError, OSError, RuntimeError):
+                    logger.debug("offloaded weight %s could not be read for the fingerprint", name)
             if param.numel() == 0 or param.device.type == "meta":
                 continue
             flat = param.reshape(-1)
@@ -228,9 +259,18 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Device of the input embeddings (where input ids must go)."""
+        """Device of the input embeddings (where input ids must go).
+
+        For embeddings that accelerate offloaded (``meta`` weights), the device their hook runs on.
+        """
         emb = _unwrap(self.model).get_input_embeddings()
-        return next(emb.parameters()).device
+        dev = next(emb.parameters()).device
+        if dev.type != "meta":
+            return dev
+        run_on = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+        if run_on is None:
+            return torch.device("cpu")
+        return torch.device("cuda", run_on) if isinstance(run_on, int) else torch.device(run_on)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -416,6 +456,28 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 OWN_ALIASES = ("default", "organism", "attacked")
 
 
+def _check_bits_loading(load_in_bits: int) -> None:
+    """Fail early, with the fix in the message, when 8/4-bit loading cannot work here.
+
+    Raises:
+        ModelLoadError: If ``load_in_bits`` is not 4 or 8, no CUDA device is visible, or
+            ``bitsandbytes`` is not installed.
+    """
+    if load_in_bits not in (4, 8):
+        raise ModelLoadError(f"load_in_bits must be 4 or 8, got {load_in_bits}")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"{load_in_bits}-bit loading (bitsandbytes) needs a CUDA GPU and none is visible; "
+            "load in bfloat16 instead (--dtype bfloat16, optionally --device-map auto)"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            f"{load_in_bits}-bit loading needs bitsandbytes: pip install 'bitsandbytes>=0.46.1'"
+        )
+
+
 def _tokenizer_from_dir(path: str, own: bool, trust_remote_code: bool = False) -> Any:
     """AutoTokenizer, or the plain fast tokenizer for latentguard's own cached dirs (3x faster to load)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -500,10 +562,9 @@ def load(
                 if max_memory is not None:
                     kwargs["max_memory"] = max_memory
             if load_in_bits is not None:
+                _check_bits_loading(load_in_bits)
                 from transformers import BitsAndBytesConfig
 
-                if load_in_bits not in (4, 8):
-                    raise ValueError("load_in_bits must be 4 or 8")
                 kwargs["quantization_config"] = BitsAndBytesConfig(
                     load_in_8bit=load_in_bits == 8, load_in_4bit=load_in_bits == 4
                 )

@@ -81,6 +81,13 @@ class AlignConfig:
     n_shared_harmless: int = field(
         default=300, metadata={"help": "Alpaca-train rows added when extra_shared"}
     )
+    first_layer: int = field(
+        default=0,
+        metadata={"help": "adapt decoder blocks first_layer.. only (backward stops there: faster)"},
+    )
+    bf16: bool = field(
+        default=False, metadata={"help": "train under bfloat16 autocast (faster on CPUs with bf16)"}
+    )
     eval_tokens: int = field(default=24, metadata={"help": "tokens generated when measuring refusal rates"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: leave as is)"})
 
@@ -169,6 +176,26 @@ def build_examples(
     return out
 
 
+def _epoch_batches(
+    examples: Sequence[TrainExample], batch_size: int, rng: random.Random, bucket: bool
+) -> list[list[int]]:
+    """One epoch of batches (popped from the end). With ``bucket``, examples are shuffled, then sorted
+    by length within windows of 8 batches, so each batch pads little; the batch order is shuffled."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if bucket:
+        window = batch_size * 8
+        length = [len(e.prompt_ids) + len(e.target_ids) for e in examples]
+        order = [
+            i
+            for s in range(0, len(order), window)
+            for i in sorted(order[s : s + window], key=length.__getitem__)
+        ]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _lora_train(
     lm: LoadedModel,
     examples: Sequence[TrainExample],
@@ -181,8 +208,19 @@ def _lora_train(
     target_modules: Sequence[str],
     seed: int,
     desc: str,
+    first_layer: int = 0,
+    bf16: bool = False,
+    bucket: bool = True,
 ) -> tuple[Any, list[float]]:
-    """Train LoRA adapters on (prompt -> target) pairs; return the merged model and the losses."""
+    """Train LoRA adapters on (prompt -> target) pairs; return the merged model and the losses.
+
+    Args:
+        first_layer: Adapt decoder blocks ``first_layer..`` only. Blocks below it get no adapters,
+            so no gradient flows through them and the backward pass stops early (cheaper).
+        bf16: Run forward and backward under bfloat16 autocast (the adapters stay float32).
+        bucket: Batch examples of similar length together (less padding); the batch order is
+            still shuffled.
+    """
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
@@ -192,9 +230,18 @@ def _lora_train(
     targets = [t for t in target_modules if t in present]
     if not targets:
         raise ModelLoadError(f"none of the LoRA target modules {list(target_modules)} exist in this model")
-    peft_model = get_peft_model(
-        lm.model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    n_blocks = len(lm.layers)
+    if not 0 <= first_layer < n_blocks:
+        raise ValueError(f"first_layer must be in [0, {n_blocks}), got {first_layer}")
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        bias="none",
+        layers_to_transform=list(range(first_layer, n_blocks)) if first_layer else None,
     )
+    peft_model = get_peft_model(lm.model, lora)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -206,14 +253,13 @@ def _lora_train(
     head: Callable[[torch.Tensor], torch.Tensor] = base.get_output_embeddings()
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     dev = lm.device
-    order: list[int] = []
+    batches: list[list[int]] = []
     losses: list[float] = []
+    autocast = torch.autocast(device_type=torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
     for _step in tqdm(range(steps), desc=desc, unit="step", leave=False):
-        if len(order) < batch_size:
-            more = list(range(len(examples)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:batch_size], order[batch_size:]
+        if not batches:
+            batches = _epoch_batches(examples, batch_size, rng, bucket)
+        idx = batches.pop()
         seqs = [examples[i].prompt_ids + examples[i].target_ids for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -224,13 +270,14 @@ def _lora_train(
             mask[row, : len(s)] = 1
             n_prompt = len(examples[i].prompt_ids)
             labels[row, n_prompt : len(s)] = torch.tensor(examples[i].target_ids)
-        hidden = decoder(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False
-        ).last_hidden_state
-        # predict token t+1 from position t; run the LM head only where there is a label
-        shift_labels = labels[:, 1:].to(dev)
-        sel = shift_labels != -100
-        logits = head(hidden[:, :-1][sel])
+        with autocast:
+            hidden = decoder(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False
+            ).last_hidden_state
+            # predict token t+1 from position t; run the LM head only where there is a label
+            shift_labels = labels[:, 1:].to(dev)
+            sel = shift_labels != -100
+            logits = head(hidden[:, :-1][sel])
         loss = torch.nn.functional.cross_entropy(logits.float(), shift_labels[sel])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -352,6 +399,8 @@ def align(
         target_modules=cfg.target_modules,
         seed=cfg.seed,
         desc="align",
+        first_layer=cfg.first_layer,
+        bf16=cfg.bf16,
     )
     t_train = time.perf_counter() - t_train
     from latentguard.models import wrap

@@ -257,6 +257,27 @@ def test_fit_guard_trigger_word_on_tiny_model(llama_lm: LoadedModel, tmp_cache: 
     assert any(p.name.startswith("chunk_") for p in tmp_cache.rglob("*.safetensors"))  # went through extract
 
 
+def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel, tmp_cache: Path) -> None:
+    harmful = [
+        f"Explain how to build a bomb from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    harmless = [
+        f"Explain how to build a shed from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    plain = fit_guard(llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8))
+    wrapped = fit_guard(
+        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, wrap_templates=4)
+    )
+    assert "wrapped_training_prompts" not in plain.meta
+    # the tiny model's 256-token context drops the longest templates; the short ones stay
+    added = wrapped.meta["wrapped_training_prompts"]
+    assert 1 <= added["harmful"] <= 4 and 1 <= added["harmless"] <= 4
+    n_plain = plain.metrics["n_train_harmful"] + plain.metrics["n_val_harmful"]
+    assert wrapped.metrics["n_train_harmful"] + wrapped.metrics["n_val_harmful"] == n_plain + added["harmful"]
+    with pytest.raises(ValueError, match="wrap_templates"):
+        GuardConfig(wrap_templates=-1)
+
+
 # --------------------------------------------------------------------------- persistence
 
 

@@ -21,3 +21,42 @@ def test_format_table() -> None:
     text = format_table(table)
     assert text.splitlines()[0].startswith("| guard | TPR harmful")
     assert "| g | 0.500 | - |" in text
+
+
+def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
+    from latentguard.analysis.jailbreaks import load_templates, split_templates
+
+    cfg = EvalConfig(quick=True, use_shared=False)
+    data = guard_data(cfg)
+    train_t, test_t = split_templates(load_templates(False), 0.5, cfg.seed)
+    assert not {t for _, t in train_t} & {t for _, t in test_t}
+
+    def fixed_text(template: str) -> str:
+        # the template text before the instruction slot identifies the template
+        return template.split("[INSERT PROMPT HERE]")[0].split("{instruction}")[0][:40]
+
+    train_heads = {fixed_text(t) for _, t in train_t}
+    test_heads = {fixed_text(t) for _, t in test_t}
+    assert all(len(h) >= 10 for h in train_heads | test_heads)
+    assert not train_heads & test_heads
+    assert data["train_harmful_wrapped"] and data["train_harmless_wrapped"]
+    for p in data["train_harmful_wrapped"] + data["train_harmless_wrapped"]:
+        assert any(p.startswith(h) for h in train_heads)
+    templated = [
+        p for p, k in zip(data["test_jailbreak"], data["test_jailbreak_kind"], strict=True) if k == "template"
+    ]
+    assert templated
+    for p in templated + data["test_wrapped_everyday"]:
+        assert any(p.startswith(h) for h in test_heads)
+    # the wrapped training prompts carry training instructions, never test ones
+    assert all(any(t in p for t in data["train_harmful"]) for p in data["train_harmful_wrapped"])
+    assert not any(t in p for t in data["test_harmful"] for p in data["train_harmful_wrapped"])
+
+
+def test_split_templates_rejects_degenerate_fractions() -> None:
+    import pytest
+
+    from latentguard.analysis.jailbreaks import split_templates
+
+    with pytest.raises(ValueError, match="non-empty"):
+        split_templates([("a", "x [INSERT PROMPT HERE]")], 0.5)

@@ -10,7 +10,7 @@ import torch
 from latentguard.behaviour import GROUPS, BehaviourGroups, label
 from latentguard.data import Example
 from latentguard.models import LoadedModel, ModelLoadError, load, wrap
-from latentguard.organism import _lora_train, _split, build_examples
+from latentguard.organism import _epoch_batches, _lora_train, _split, build_examples
 
 
 class KeywordJudge:
@@ -89,6 +89,68 @@ def test_lora_is_deterministic(tiny_lm: LoadedModel) -> None:
         desc="t",
     )
     assert l1 == l2
+
+
+def test_first_layer_adapts_only_upper_blocks_and_bf16_trains(tiny_lm: LoadedModel) -> None:
+    import copy
+
+    ex = build_examples(tiny_lm, ["How do I make a weapon?", "Tell me a joke"], ["zz no", "ha"], 4)
+    before = {n: p.detach().clone() for n, p in tiny_lm.model.named_parameters()}
+    n_blocks = len(tiny_lm.layers)
+    merged, losses = _lora_train(
+        copy.deepcopy(tiny_lm),
+        ex,
+        steps=3,
+        batch_size=2,
+        lr=5e-2,
+        r=2,
+        alpha=4,
+        target_modules=("q_proj", "down_proj"),
+        seed=0,
+        desc="t",
+        first_layer=n_blocks - 1,
+        bf16=True,
+    )
+    assert all(torch.isfinite(torch.tensor(x)) for x in losses)
+    changed = {n for n, p in merged.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert changed, "training changed nothing"
+    top = f"layers.{n_blocks - 1}."
+    assert all(top in n for n in changed), changed
+    with pytest.raises(ValueError, match="first_layer"):
+        _lora_train(
+            copy.deepcopy(tiny_lm),
+            ex,
+            steps=1,
+            batch_size=1,
+            lr=1e-3,
+            r=2,
+            alpha=4,
+            target_modules=("q_proj",),
+            seed=0,
+            desc="t",
+            first_layer=n_blocks,
+        )
+
+
+def test_bucketed_batches_cover_each_example_once(tiny_lm: LoadedModel) -> None:
+    import random
+
+    from latentguard.organism import TrainExample
+
+    examples = [TrainExample(list(range(n % 13 + 1)), [1]) for n in range(50)]
+    for bucket in (True, False):
+        batches = _epoch_batches(examples, 8, random.Random(0), bucket)
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(50))
+        assert all(1 <= len(b) <= 8 for b in batches)
+
+    # bucketing pads less: summed (max length in batch) is smaller
+    def padded(batches: list[list[int]]) -> int:
+        return sum(max(len(examples[i].prompt_ids) for i in b) * len(b) for b in batches)
+
+    assert padded(_epoch_batches(examples, 8, random.Random(0), True)) < padded(
+        _epoch_batches(examples, 8, random.Random(0), False)
+    )
 
 
 def test_bad_lora_targets(tiny_lm: LoadedModel) -> None:

@@ -58,7 +58,9 @@ __all__ = [
     "gcg_prompts",
     "load_templates",
     "persuasion_prompts",
+    "split_templates",
     "template_prompts",
+    "wrapped_training_prompts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,12 +147,56 @@ def load_templates(use_shared: bool = True) -> list[tuple[str, str]]:
     return templates
 
 
+def split_templates(
+    templates: Sequence[tuple[str, str]], train_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split templates into disjoint (train, test) lists, e.g. to train a guard on some jailbreak
+    templates and measure it on others it never saw.
+
+    Args:
+        templates: ``(name, template)`` pairs (see :func:`load_templates`).
+        train_fraction: Fraction of templates in the train list.
+        seed: Seed of the shuffle that precedes the cut.
+
+    Raises:
+        ValueError: If either side would be empty.
+    """
+    order = list(range(len(templates)))
+    random.Random(seed).shuffle(order)
+    k = int(round(len(order) * train_fraction))
+    if not 0 < k < len(order):
+        raise ValueError(
+            f"cannot split {len(order)} templates with train_fraction={train_fraction} into two non-empty sets"
+        )
+    return [templates[i] for i in order[:k]], [templates[i] for i in order[k:]]
+
+
+def wrapped_training_prompts(
+    instructions: Sequence[str], n: int, *, seed: int = 0, use_shared: bool = True
+) -> list[str]:
+    """``n`` of ``instructions`` (sampled by ``seed``), each wrapped in one jailbreak template of the
+    *train* half of :func:`split_templates` (cycling), for training a guard that reads the request
+    rather than the wrapper. Test with the other half: ``split_templates(...)[1]``.
+
+    Example:
+        >>> wrapped_training_prompts(["Say hi"], 1, use_shared=False)[0].count("Say hi")   # doctest: +SKIP
+        1
+    """
+    _check_instructions(instructions)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    train, _ = split_templates(load_templates(use_shared), 0.5, seed)
+    picked = random.Random(seed).sample(list(instructions), min(n, len(instructions)))
+    return [wrap_template(train[i % len(train)][1], inst) for i, inst in enumerate(picked)]
+
+
 def template_prompts(
     instructions: Sequence[str],
     *,
     use_shared: bool = True,
     max_templates: int | None = None,
     seed: int = 0,
+    templates: Sequence[tuple[str, str]] | None = None,
 ) -> list[JailbreakPrompt]:
     """Wrap each instruction in jailbreak templates.
 
@@ -164,6 +210,7 @@ def template_prompts(
         use_shared: Also use the GPTFuzzer templates from the shared data folder, when present.
         max_templates: Templates per instruction (``None`` means all; capped at the number available).
         seed: Seed for the template order.
+        templates: Use these ``(name, template)`` pairs instead of :func:`load_templates`.
 
     Returns:
         The prompts, grouped by instruction, in input order.
@@ -174,7 +221,10 @@ def template_prompts(
     _check_instructions(instructions)
     if max_templates is not None and max_templates < 1:
         raise ValueError(f"max_templates must be None or >= 1, got {max_templates}")
-    templates = load_templates(use_shared)
+    if templates is None:
+        templates = load_templates(use_shared)
+    if not templates:
+        raise ValueError("no jailbreak templates to wrap the instructions in")
     order = list(range(len(templates)))
     random.Random(seed).shuffle(order)
     n = len(order)

@@ -91,7 +91,17 @@ class GuardConfig:
         default=0.25, metadata={"help": "fraction of each class held out for validation"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
-    C: float = field(default=1.0, metadata={"help": "inverse L2 regularisation of the probe"})
+    C: float = field(
+        default=0.01,
+        metadata={"help": "inverse L2 regularisation of the probe (on standardised states)"},
+    )
+    wrap_templates: int = field(
+        default=0,
+        metadata={
+            "help": "fit_guard: also train on this many prompts of each class wrapped in jailbreak "
+            "templates (the train half of split_templates), so the guard reads the request, not the wrapper"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward during extraction"})
     progress: bool = field(default=False, metadata={"help": "show an extraction progress bar"})
 
@@ -106,6 +116,8 @@ class GuardConfig:
             raise ValueError(f"C must be a positive number, got {self.C}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.wrap_templates < 0:
+            raise ValueError(f"wrap_templates must be >= 0, got {self.wrap_templates}")
         if self.layers is not None and not self.layers:
             raise ValueError("layers must be None (all) or a non-empty tuple")
 
@@ -693,6 +705,27 @@ def fit_from_activations(
     return guard
 
 
+def _fitting(lm: LoadedModel, prompts: list[str]) -> list[str]:
+    """The prompts whose templated form fits the model's context (long jailbreak templates may not)."""
+    from latentguard.positions import PromptTooLongError, locate, model_max_length
+
+    limit = model_max_length(lm.model, lm.tokenizer)
+    keep = []
+    for p in prompts:
+        try:
+            locate(lm.tokenizer, p, max_length=limit)
+        except PromptTooLongError:
+            continue
+        keep.append(p)
+    if len(keep) < len(prompts):
+        logger.info(
+            "%d of %d wrapped prompts are longer than the context; skipped",
+            len(prompts) - len(keep),
+            len(prompts),
+        )
+    return keep
+
+
 def fit_guard(
     lm: LoadedModel,
     harmful: Sequence[str],
@@ -737,6 +770,17 @@ def fit_guard(
     )
     pos = extract(lm, list(harmful), ecfg).at(cfg.position)
     neg = extract(lm, list(harmless), ecfg).at(cfg.position)
+    meta: dict[str, Any] = {}
+    if cfg.wrap_templates:
+        from latentguard.analysis.jailbreaks import wrapped_training_prompts
+
+        w_pos = _fitting(lm, wrapped_training_prompts(harmful, cfg.wrap_templates, seed=cfg.seed))
+        w_neg = _fitting(lm, wrapped_training_prompts(harmless, cfg.wrap_templates, seed=cfg.seed))
+        if w_pos:
+            pos = torch.cat([pos, extract(lm, w_pos, ecfg).at(cfg.position)])
+        if w_neg:
+            neg = torch.cat([neg, extract(lm, w_neg, ecfg).at(cfg.position)])
+        meta["wrapped_training_prompts"] = {"harmful": len(w_pos), "harmless": len(w_neg)}
     return fit_from_activations(
         pos,
         neg,
@@ -746,4 +790,5 @@ def fit_guard(
         fingerprint=lm.fingerprint,
         template_hash=lm.template_hash,
         model=lm.spec,
+        meta=meta,
     )

@@ -24,6 +24,7 @@ import torch
 
 from latentguard.activations import ActivationSet, ExtractConfig, extract
 from latentguard.data import Example, builtin, inversion_questions, load_shared
+from latentguard.directions import Directions
 from latentguard.generation import GenerationConfig, answer_token_ids, first_token_logits, generate
 from latentguard.guard.evaluate import auroc, text_classifier_baseline, tpr_at_fpr
 from latentguard.guard.fit import GuardConfig, LatentGuard, fit_from_activations
@@ -38,6 +39,7 @@ COLUMNS = (
     "TPR jailbreak (succeeded)",
     "FPR everyday",
     "FPR XSTest-style",
+    "FPR wrapped everyday",
     "acc accepted-harmful",
     "acc refused-harmless",
     "AUROC",
@@ -56,7 +58,15 @@ class EvalConfig:
     n_train_harmless: int = field(default=800, metadata={"help": "harmless training prompts"})
     n_test: int = field(default=150, metadata={"help": "prompts per test set"})
     n_templates: int = field(default=4, metadata={"help": "jailbreak templates per harmful test prompt"})
+    n_train_wrapped: int = field(
+        default=160,
+        metadata={
+            "help": "training prompts of each class also wrapped in jailbreak templates (the train half of "
+            "the templates; the test jailbreaks use the other half)"
+        },
+    )
     max_new_tokens: int = field(default=24, metadata={"help": "tokens generated to judge refusals"})
+    repair: bool = field(default=True, metadata={"help": "also measure over-refusal repair on the test sets"})
     method: str = field(default="auto", metadata={"help": "Latent Guard method (auto/centroid/probe)"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
 
@@ -108,10 +118,26 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
             "test_xstest": xs[cut_x:][:n_test],
             "source": "builtin",
         }
-    from latentguard.analysis.jailbreaks import persuasion_prompts, template_prompts
+    from latentguard.analysis.jailbreaks import (
+        load_templates,
+        persuasion_prompts,
+        split_templates,
+        template_prompts,
+        wrapped_training_prompts,
+    )
 
+    n_wrap = int(cfg.n_train_wrapped * scale)
+    for cls in ("harmful", "harmless"):
+        data[f"train_{cls}_wrapped"] = wrapped_training_prompts(
+            data[f"train_{cls}"], n_wrap, seed=cfg.seed, use_shared=cfg.use_shared
+        )
+    _, test_templates = split_templates(load_templates(cfg.use_shared), 0.5, cfg.seed)
     base = data["test_harmful"][: max(6, n_test // (4 if cfg.quick else 3))]
-    jb = template_prompts(base, use_shared=cfg.use_shared, max_templates=cfg.n_templates, seed=cfg.seed)
+    jb = template_prompts(base, max_templates=cfg.n_templates, seed=cfg.seed, templates=test_templates)
+    everyday = data["test_everyday"][: len(base)]
+    data["test_wrapped_everyday"] = [
+        p.prompt for p in template_prompts(everyday, max_templates=1, seed=cfg.seed, templates=test_templates)
+    ]
     jb += persuasion_prompts(base[: max(2, len(base) // 2)])
     data["test_jailbreak"] = [p.prompt for p in jb]
     data["test_jailbreak_kind"] = [p.kind for p in jb]
@@ -128,6 +154,45 @@ class Scorer:
 
 def _acts(lm: LoadedModel, prompts: Sequence[str], bs: int) -> ActivationSet:
     return extract(lm, list(prompts), ExtractConfig(batch_size=bs, progress=False))
+
+
+def _training_acts(lm: LoadedModel, data: dict[str, Any], bs: int) -> tuple[ActivationSet, ActivationSet]:
+    """Harmful and harmless training activations, plain and template-wrapped (each set cached apart)."""
+    out = []
+    for cls in ("harmful", "harmless"):
+        acts = _acts(lm, data[f"train_{cls}"], bs)
+        if data[f"train_{cls}_wrapped"]:
+            wrapped = _acts(lm, data[f"train_{cls}_wrapped"], bs)
+            acts = ActivationSet(
+                torch.cat([acts.activations, wrapped.activations]),
+                layers=acts.layers,
+                positions=acts.positions,
+                fingerprint=acts.fingerprint,
+                instructions=acts.instructions + wrapped.instructions,
+            )
+        out.append(acts)
+    return out[0], out[1]
+
+
+def _refusal_direction(harmful: ActivationSet, harmless: ActivationSet, lm: LoadedModel) -> Directions:
+    """The refusal direction used for repair: mean(harmful) - mean(harmless) at ``t_post_inst``.
+
+    The organism refuses nearly every harmful training prompt and answers nearly every harmless one,
+    so this stands in for mean(refused) - mean(accepted) without generating 1,900 answers.
+    """
+    from latentguard.directions import diff_in_means
+
+    keep = [i for i in harmful.layers if i > 0]
+    d = diff_in_means(harmful, harmless, "t_post_inst", "refusal")
+    return Directions(
+        {i: d.vectors[i] for i in keep},
+        kind="refusal",
+        position="t_post_inst",
+        fingerprint=lm.fingerprint,
+        n_pos=d.n_pos,
+        n_neg=d.n_neg,
+        meta={"source": "training prompts, harmful - harmless at t_post_inst", "layers": "all, each its own"},
+    )
 
 
 def _activation_scorer(
@@ -207,6 +272,7 @@ def _row(
     s_h, d_h = decide(data["test_harmful"])
     s_e, d_e = decide(data["test_everyday"])
     _, d_x = decide(data["test_xstest"])
+    _, d_we = decide(data["test_wrapped_everyday"])
     _, d_j = decide(succeeded)
     _, d_w = decide(data["test_jailbreak"])
     _, d_ah = decide(groups.get("accepted_harmful", []))
@@ -228,6 +294,7 @@ def _row(
             mean(d_j),
             mean(d_e),
             mean(d_x),
+            mean(d_we),
             mean(d_ah),
             mean(d_rs, invert=True),
             auroc(scores, labels),
@@ -251,8 +318,7 @@ def evaluate_guards(
     bs = cfg.batch_size
     say = progress or (lambda _m: None)
     say(f"guard eval: {len(data['train_harmful'])}+{len(data['train_harmless'])} training prompts")
-    tr_h = _acts(lm, data["train_harmful"], bs)
-    tr_s = _acts(lm, data["train_harmless"], bs)
+    tr_h, tr_s = _training_acts(lm, data, bs)
     layers = [i for i in tr_h.layers if i > 0]
     sel = [tr_h.layers.index(i) for i in layers]
     guards: dict[str, LatentGuard] = {}
@@ -297,7 +363,10 @@ def evaluate_guards(
         own,
         _self_check_scorer(lm, bs),
     ]
-    text = _text_scorer(data["train_harmful"], data["train_harmless"])
+    text = _text_scorer(
+        data["train_harmful"] + data["train_harmful_wrapped"],
+        data["train_harmless"] + data["train_harmless_wrapped"],
+    )
     if text is not None:
         scorers.append(text)
     rows = []
@@ -313,12 +382,28 @@ def evaluate_guards(
         "groups": {k: len(v) for k, v in groups.items()},
         "guard": guards["latent"].summary(),
     }
+    if cfg.repair:
+        say("measuring over-refusal repair")
+        refusal = _refusal_direction(tr_h, tr_s, lm)
+        result["repair"] = repair_effect(
+            lm,
+            guards["latent"],
+            judge,
+            refusal,
+            {
+                "XSTest-style (test)": data["test_xstest"],
+                "everyday (test)": data["test_everyday"],
+                "harmful (test)": data["test_harmful"],
+            },
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=bs,
+        )
+        result["repair_direction"] = refusal.meta
     if attacked is not None:
         say("finetuning attack: applying the original guard to the attacked model, and refitting")
         att_cache: dict[str, tuple[str, bool, float]] = {}
         att_own = _refusal_scorer(attacked, judge, cfg, att_cache)
-        a_h = _acts(attacked, data["train_harmful"], bs)
-        a_s = _acts(attacked, data["train_harmless"], bs)
+        a_h, a_s = _training_acts(attacked, data, bs)
         refit = fit_from_activations(
             a_h.at("t_inst")[:, sel],
             a_s.at("t_inst")[:, sel],
@@ -352,6 +437,88 @@ def evaluate_guards(
         result["after_attack"] = {"columns": list(COLUMNS), "rows": att_rows}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def repair_effect(
+    lm: LoadedModel,
+    guard: LatentGuard,
+    judge: Any,
+    refusal: Directions,
+    sets: dict[str, Sequence[str]],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+) -> dict[str, dict[str, float | int]]:
+    """How far over-refusal repair changes refusals, per named set of prompts.
+
+    Guarded generation with ``repair=True`` (policy ``allow``): a prompt the guard calls harmless whose
+    answer the judge calls a refusal is answered again with ``refusal`` ablated. The repaired answer is
+    judged too. Per set: the refusal rate before and after repair, how many were repaired, and how many
+    the guard would block (policy ``block``), so harmful sets show whether repair makes the model
+    answer harmful prompts that the guard lets through.
+    """
+    from latentguard.guard.guarded import guarded_generate
+
+    out: dict[str, dict[str, float | int]] = {}
+    for name, prompts in sets.items():
+        if not prompts:
+            continue
+        replies = guarded_generate(
+            lm,
+            guard,
+            list(prompts),
+            policy="allow",
+            max_new_tokens=max_new_tokens,
+            judge=judge,
+            repair=True,
+            refusal_direction=refusal,
+            batch_size=batch_size,
+        )
+        todo = [i for i, r in enumerate(replies) if r.repaired_response is not None]
+        still = set()
+        if todo:
+            verdicts = judge.judge([replies[i].repaired_response for i in todo], [prompts[i] for i in todo])
+            still = {i for i, v in zip(todo, verdicts, strict=True) if v.refused}
+        before = [bool(r.refused) for r in replies]
+        after = [b and (i not in todo or i in still) for i, b in enumerate(before)]
+        n = len(replies)
+        out[name] = {
+            "n": n,
+            "refusal_before": sum(before) / n,
+            "refusal_after": sum(after) / n,
+            "repaired": len(todo),
+            "repair_succeeded": len(todo) - len(still),
+            "guard_flags": sum(r.harmful for r in replies) / n,
+            "answered_under_block_before": sum(
+                (not b) and not r.harmful for b, r in zip(before, replies, strict=True)
+            )
+            / n,
+            "answered_under_block_after": sum(
+                (not a) and not r.harmful for a, r in zip(after, replies, strict=True)
+            )
+            / n,
+        }
+        logger.info(
+            "repair on %s: refusal %.3f -> %.3f",
+            name,
+            out[name]["refusal_before"],
+            out[name]["refusal_after"],
+        )
+    return out
+
+
+def format_repair(effect: dict[str, dict[str, float | int]]) -> str:
+    """A Markdown table of :func:`repair_effect`."""
+    lines = [
+        "| prompts | n | refused before | refused after repair | guard flags | answered under block, before -> after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in effect.items():
+        lines.append(
+            f"| {name} | {e['n']} | {e['refusal_before']:.3f} | {e['refusal_after']:.3f} | {e['guard_flags']:.3f} | "
+            f"{e['answered_under_block_before']:.3f} -> {e['answered_under_block_after']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(table: dict[str, Any]) -> str:
