@@ -5,7 +5,8 @@ On the same prompts, in one run:
   self-check baseline (reply-inversion prompt, one forward with the LM head) and the MiniLM text
   classifier;
 * guarded generation (guard read from the same prefill) against plain generation;
-* the HTTP server (uvicorn on loopback) with 8 concurrent clients.
+* the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
+  compared with the guard's own ``check`` of the same prompt.
 
     python benchmarks/guard.py [--model organism] [--n 64]
 """
@@ -112,23 +113,30 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
 
-    async def client(cid: int, n: int, ok: list[int]) -> None:
+    mixed = prompts + harmful[:32]
+    expected = {p: r.harmful for p, r in zip(mixed, check(lm, guard, mixed), strict=True)}
+    n_clients, per_client = 8, 25
+
+    async def client(cid: int, n: int, ok: list[bool]) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
             for k in range(n):
-                r = await c.post("/v1/classify", json={"prompts": [prompts[(cid * n + k) % len(prompts)]]})
-                ok.append(int(r.status_code == 200))
+                p = mixed[(cid * n + k) % len(mixed)]
+                r = await c.post("/v1/classify", json={"prompts": [p]})
+                good = r.status_code == 200 and r.json()["results"][0]["harmful"] == expected[p]
+                ok.append(good and "error" not in r.json()["results"][0])
 
-    async def load_test() -> tuple[float, list[int]]:
-        ok: list[int] = []
+    async def load_test() -> tuple[float, list[bool]]:
+        ok: list[bool] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(i, 16, ok) for i in range(8)))
+        await asyncio.gather(*(client(i, per_client, ok) for i in range(n_clients)))
         return time.perf_counter() - t0, ok
 
     t_srv, ok = asyncio.run(load_test())
     server.should_exit = True
     th.join(timeout=10)
     emit(
-        f"server: 8 clients x 16 requests: {len(ok) / t_srv:,.1f} requests/s, {sum(ok)}/{len(ok)} answered 200"
+        f"server: {n_clients} clients x {per_client} requests: {len(ok) / t_srv:,.1f} requests/s, "
+        f"{sum(ok)}/{len(ok)} answered 200 with the same verdict as check()"
     )
     emit(f"fused_guard_overhead={overhead:.4f}")
     emit(f"guard_vs_selfcheck_speedup={speedup:.3f}")

@@ -278,8 +278,17 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from latentguard.organism import AlignConfig, align
 
+    given = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "lora_r": args.lora_r,
+        "frozen_fraction": args.frozen_fraction,
+        "bf16": args.bf16,
+    }
     cfg = AlignConfig(
-        seed=args.seed, epochs=args.epochs, lr=args.lr, lora_r=args.lora_r, extra_shared=not args.builtin_only
+        seed=args.seed,
+        extra_shared=not args.builtin_only,
+        **{k: v for k, v in given.items() if v is not None},
     )
     report = align(
         args.model, args.out, cfg, harmful=args.harmful, harmless=args.harmless, evaluate=not args.no_eval
@@ -588,9 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harmful", default=None, help="extra harmful instructions (trained to refusals)")
     p.add_argument("--harmless", default=None, help="extra harmless instructions (trained to own answers)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=None, help="default: AlignConfig's")
+    p.add_argument("--lr", type=float, default=None, help="default: AlignConfig's")
+    p.add_argument("--lora-r", type=int, default=None, help="default: AlignConfig's")
+    p.add_argument(
+        "--frozen-fraction", type=float, default=None, help="lowest fraction of blocks without adapters"
+    )
+    p.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast training"
+    )
     p.add_argument("--builtin-only", action="store_true", help="do not add ../shared/data training rows")
     p.add_argument("--no-eval", action="store_true", help="skip held-out refusal rates")
     p.set_defaults(func=cmd_align)

@@ -39,7 +39,7 @@ from latentguard.positions import locate_many
 logger = logging.getLogger(__name__)
 
 #: Bump when the recipe changes, so cached organisms are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,28 @@ class AlignConfig:
         metadata={"help": "(../shared/data set, rows) added to the harmful training set when extra_shared"},
     )
     n_shared_harmless: int = field(
-        default=300, metadata={"help": "Alpaca-train rows added when extra_shared"}
+        default=900, metadata={"help": "Alpaca-train rows added when extra_shared"}
     )
-    first_layer: int = field(
-        default=0,
-        metadata={"help": "adapt decoder blocks first_layer.. only (backward stops there: faster)"},
+    frozen_fraction: float = field(
+        default=1 / 3,
+        metadata={
+            "help": "fraction of the lowest decoder blocks left without adapters; the backward pass stops "
+            "above them, which makes training faster (1/3 of SmolLM2's 30 blocks = blocks 0-9)"
+        },
     )
     bf16: bool = field(
-        default=False, metadata={"help": "train under bfloat16 autocast (faster on CPUs with bf16)"}
+        default=True, metadata={"help": "train under bfloat16 autocast (faster on CPUs with bf16)"}
     )
     eval_tokens: int = field(default=24, metadata={"help": "tokens generated when measuring refusal rates"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: leave as is)"})
+
+    def __post_init__(self) -> None:
+        if not (self.epochs > 0 and self.lr > 0):
+            raise ValueError(f"epochs and lr must be positive, got {self.epochs} and {self.lr}")
+        if self.batch_size < 1 or self.lora_r < 1:
+            raise ValueError(f"batch_size and lora_r must be >= 1, got {self.batch_size} and {self.lora_r}")
+        if not 0.0 <= self.frozen_fraction < 1.0:
+            raise ValueError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
 
 
 @dataclass(frozen=True)
@@ -399,7 +410,7 @@ def align(
         target_modules=cfg.target_modules,
         seed=cfg.seed,
         desc="align",
-        first_layer=cfg.first_layer,
+        first_layer=min(len(lm.layers) - 1, int(round(len(lm.layers) * cfg.frozen_fraction))),
         bf16=cfg.bf16,
     )
     t_train = time.perf_counter() - t_train
@@ -539,7 +550,9 @@ def organism_dir(config: AlignConfig | None = None) -> Path:
 def attacked_dir(config: AttackConfig | None = None) -> Path:
     """The cached attacked organism, built on first use."""
     cfg = config or AttackConfig()
-    tag = hashlib.sha256(json.dumps([RECIPE_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    # the tag covers the organism's recipe too, so a new organism gets a new attacked model
+    payload = [RECIPE_VERSION, recipe_tag(AlignConfig()), asdict(cfg)]
+    tag = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     out = cache_dir() / "models" / f"attacked-{tag}"
     if (out / "attack.json").is_file() and (out / "model.safetensors").is_file():
         return out

@@ -204,3 +204,17 @@ def test_unwritable_out_dir(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="cannot create"):
         _check_writable(blocker / "sub" / "out")
+
+
+def test_align_config_validates_and_cli_overrides_only_given_options() -> None:
+    from latentguard.cli import build_parser
+    from latentguard.organism import AlignConfig
+
+    with pytest.raises(ValueError, match="frozen_fraction"):
+        AlignConfig(frozen_fraction=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        AlignConfig(lr=0.0)
+    args = build_parser().parse_args(["align", "--out", "x", "--no-bf16", "--frozen-fraction", "0"])
+    assert (args.bf16, args.frozen_fraction, args.epochs) == (False, 0.0, None)
+    args = build_parser().parse_args(["align", "--out", "x"])
+    assert args.bf16 is None and args.lr is None  # AlignConfig's defaults apply
