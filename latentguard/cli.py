@@ -321,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         use_shared=not args.builtin_only,
         attack=not args.no_attack,
         coefficient=args.coefficient,
+        guard_eval=args.guard_eval,
     )
     summary = run_study(args.model, args.out, cfg, progress=None if args.quiet else logger.info)
     _print_json(
@@ -348,6 +349,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
         target_fpr=args.target_fpr,
         seed=args.seed,
         progress=not args.quiet,
+        wrap_templates=args.wrap_templates,
     )
     guard = fit_guard(lm, harmful, harmless, cfg)
     path = guard.save(args.out)
@@ -626,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coefficient", type=float, default=1.0)
     p.add_argument("--builtin-only", action="store_true")
     p.add_argument("--no-attack", action="store_true")
+    p.add_argument(
+        "--guard-eval", default=None, help="guard_eval.json from `guard eval` to include in the report"
+    )
     p.set_defaults(func=cmd_run)
 
     guard = sub.add_parser("guard", help="Latent Guard: fit, check, chat, eval").add_subparsers(
@@ -640,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="candidate layers (default all)")
     p.add_argument("--position", default="t_inst")
     p.add_argument("--target-fpr", type=float, default=0.05)
+    p.add_argument(
+        "--wrap-templates",
+        type=int,
+        default=0,
+        help="also train on N prompts per class wrapped in jailbreak templates (recommended: 160)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_guard_fit)

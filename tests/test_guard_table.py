@@ -60,3 +60,11 @@ def test_split_templates_rejects_degenerate_fractions() -> None:
 
     with pytest.raises(ValueError, match="non-empty"):
         split_templates([("a", "x [INSERT PROMPT HERE]")], 0.5)
+
+
+def test_guard_fit_cli_has_wrap_templates() -> None:
+    from latentguard.cli import build_parser
+
+    args = build_parser().parse_args(["guard", "fit", "--out", "g", "--wrap-templates", "160"])
+    assert args.wrap_templates == 160
+    assert build_parser().parse_args(["guard", "fit", "--out", "g"]).wrap_templates == 0

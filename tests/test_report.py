@@ -562,3 +562,40 @@ def test_report_renders_in_headless_chromium(
     for alt, complete, width, height in images:
         assert complete and width > 0 and height > 0, alt
     assert "latentguard report" in title
+
+
+def test_claim_i_compares_with_the_models_own_refusal_not_the_refusal_direction_guard(
+    summary: dict[str, Any],
+) -> None:
+    rows = summary["guard"]["table"]["rows"]
+    rows.insert(1, {"name": "refusal-direction guard (t_post_inst)", "values": [0.99, 0.0, 1.0, "-"]})
+    claim = {c.id: c for c in evaluate_claims(summary)}["i"]
+    assert claim.verdict == "holds" and "model refusal" in claim.measurement
+
+
+def test_report_shows_after_attack_and_repair_tables(summary: dict[str, Any], tmp_path: Path) -> None:
+    table = summary["guard"]["table"]
+    table["after_attack"] = {"columns": table["columns"], "rows": [{"name": "refitted", "values": [0.9]}]}
+    table["repair"] = {"XSTest-style (test)": {"n": 75, "refusal_before": 0.5, "refusal_after": 0.1}}
+    html = write_report(summary, tmp_path, figures=[]).read_text(encoding="utf-8")
+    assert "After the finetuning attack" in html and "refitted" in html
+    assert "Over-refusal repair" in html and "XSTest-style (test)" in html
+
+
+def test_study_guard_section_checks_the_model(tmp_path: Path) -> None:
+    import json
+
+    from latentguard.analysis.study import _guard_section
+
+    path = tmp_path / "guard_eval.json"
+    path.write_text(json.dumps({"columns": ["a"], "rows": [], "guard": {"fingerprint": "abc"}, "x": 1}))
+    assert _guard_section(str(path), "abc")["table"] == {
+        "columns": ["a"],
+        "rows": [],
+        "guard": {"fingerprint": "abc"},
+    }
+    with pytest.raises(ValueError, match="not on the model under study"):
+        _guard_section(str(path), "other")
+    path.write_text("{")
+    with pytest.raises(ValueError, match="cannot read"):
+        _guard_section(str(path), "abc")

@@ -61,6 +61,13 @@ class StudyConfig:
     gcg_steps: int | None = field(default=None, metadata={"help": "GCG steps per instruction"})
     attack: bool = field(default=True, metadata={"help": "run the finetuning attack stage"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
+    guard_eval: str | None = field(
+        default=None,
+        metadata={
+            "help": "guard_eval.json written by `latentguard guard eval` on the same model, shown in the "
+            "summary, the claims and the report"
+        },
+    )
 
     def pick(self, quick: Any, full: Any, override: Any = None) -> Any:
         """``override`` if set, else the quick or the full value."""
@@ -225,6 +232,24 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _guard_section(path: str, fingerprint: str) -> dict[str, Any]:
+    """The guard comparison of a ``guard_eval.json``, checked to come from the model under study."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the guard evaluation {path}: {exc}") from exc
+    if not isinstance(table, dict) or not {"columns", "rows"} <= set(table):
+        raise ValueError(f"{path} is not a guard_eval.json (no 'columns'/'rows')")
+    fitted_on = (table.get("guard") or {}).get("fingerprint")
+    if fitted_on and fitted_on != fingerprint:
+        raise ValueError(
+            f"{path} was measured on model {fitted_on}, not on the model under study ({fingerprint}); "
+            "rerun `latentguard guard eval` on this model"
+        )
+    keep = ("columns", "rows", "after_attack", "repair", "jailbreaks", "groups", "data", "guard")
+    return {"table": {k: table[k] for k in keep if k in table}, "source": str(path)}
+
+
 def run_study(
     model: str | LoadedModel = "organism",
     out_dir: str | os.PathLike[str] = "runs/study",
@@ -309,6 +334,8 @@ def run_study(
         "belief_layers": belief_layers,
         "timings": st.timings,
     }
+    if cfg.guard_eval:
+        summary["guard"] = _guard_section(cfg.guard_eval, lm.fingerprint)
     summary["meta"]["timings"]["total"] = round(time.perf_counter() - t_start, 1)
     ordered: dict[str, Any] = {
         k: summary[k]
@@ -321,6 +348,7 @@ def run_study(
             "jailbreaks",
             "finetune_attack",
             "categories",
+            "guard",
         )
         if k in summary
     }

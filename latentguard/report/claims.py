@@ -388,8 +388,15 @@ def _claim_i(summary: Mapping[str, Any]) -> Claim:
     rows = [r for r in table.get("rows") or () if isinstance(r, Mapping)]
     col = next((k for k, c in enumerate(columns) if "jailbreak" in c.lower()), None)
     latent = next((r for r in rows if "latent" in str(r.get("name", "")).lower()), None)
+    # the model's own refusal row ("model's own refusal"), not the refusal-direction guard
     model = next(
-        (r for r in rows if r is not latent and "refus" in str(r.get("name", "")).lower()),
+        (
+            r
+            for r in rows
+            if r is not latent
+            and "refus" in str(r.get("name", "")).lower()
+            and "direction" not in str(r.get("name", "")).lower()
+        ),
         None,
     )
     if col is None or latent is None or model is None:

@@ -177,20 +177,42 @@ def _claims_section(claims: Sequence[Claim]) -> str:
     )
 
 
-def _guard_section(guard: Any) -> str | None:
-    table = guard.get("table") if isinstance(guard, Mapping) else None
-    if not isinstance(table, Mapping) or not table.get("rows"):
-        return None
+def _rows_table(table: Mapping[str, Any]) -> str:
     columns = [str(c) for c in table.get("columns") or ()]
     head = "<tr><th>guard</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
     body = []
-    for row in table["rows"]:
+    for row in table.get("rows") or ():
         if not isinstance(row, Mapping):
             continue
         values = list(row.get("values") or [])
         values += [None] * (len(columns) - len(values))
         body.append(f"<tr><th>{_e(row.get('name', ''))}</th>{''.join(_cell(v) for v in values)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _guard_section(guard: Any) -> str | None:
+    table = guard.get("table") if isinstance(guard, Mapping) else None
+    if not isinstance(table, Mapping) or not table.get("rows"):
+        return None
+    parts = [_rows_table(table)]
+    after = table.get("after_attack")
+    if isinstance(after, Mapping) and after.get("rows"):
+        parts += ["<h3>After the finetuning attack</h3>", _rows_table(after)]
+    repair = table.get("repair")
+    if isinstance(repair, Mapping) and repair:
+        cols = ("n", "refusal_before", "refusal_after", "guard_flags")
+        head = "<tr><th>prompts</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+        body = [
+            f"<tr><th>{_e(name)}</th>{''.join(_cell(e.get(c)) for c in cols)}</tr>"
+            for name, e in repair.items()
+            if isinstance(e, Mapping)
+        ]
+        parts += [
+            "<h3>Over-refusal repair</h3><p>Prompts the guard calls harmless whose answer is a refusal are "
+            "answered again with the refusal direction ablated.</p>",
+            f"<table>{head}{''.join(body)}</table>",
+        ]
+    return "".join(parts)
 
 
 def render_html(
