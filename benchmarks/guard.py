@@ -122,8 +122,8 @@ def main() -> None:
             for k in range(n):
                 p = mixed[(cid * n + k) % len(mixed)]
                 r = await c.post("/v1/classify", json={"prompts": [p]})
-                good = r.status_code == 200 and r.json()["results"][0]["harmful"] == expected[p]
-                ok.append(good and "error" not in r.json()["results"][0])
+                item = r.json()["results"][0] if r.status_code == 200 else {}
+                ok.append(item.get("harmful") == expected[p] and item.get("error") is None)
 
     async def load_test() -> tuple[float, list[bool]]:
         ok: list[bool] = []
