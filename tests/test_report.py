@@ -599,3 +599,14 @@ def test_study_guard_section_checks_the_model(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
         _guard_section(str(path), "abc")
+
+
+def test_claim_i_prefers_the_succeeded_jailbreak_column(summary: dict[str, Any]) -> None:
+    table = summary["guard"]["table"]
+    table["columns"] = ["TPR wrapped (all jailbreak prompts)", "TPR jailbreak (succeeded)"]
+    table["rows"] = [
+        {"name": "Latent Guard (t_inst)", "values": [0.99, 1.0]},
+        {"name": "model's own refusal", "values": [0.99, 0.0]},
+    ]
+    claim = {c.id: c for c in evaluate_claims(summary)}["i"]
+    assert claim.verdict == "holds" and "succeeded" in claim.measurement

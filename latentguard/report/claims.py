@@ -386,7 +386,11 @@ def _claim_i(summary: Mapping[str, Any]) -> Claim:
     table = ((section(summary, "guard") or {}).get("table")) or {}
     columns = [str(c) for c in table.get("columns") or ()]
     rows = [r for r in table.get("rows") or () if isinstance(r, Mapping)]
-    col = next((k for k, c in enumerate(columns) if "jailbreak" in c.lower()), None)
+    # prefer the jailbreaks that succeeded against the model (the paper's setting), else any jailbreak column
+    col = next(
+        (k for k, c in enumerate(columns) if "jailbreak" in c.lower() and "succeeded" in c.lower()),
+        next((k for k, c in enumerate(columns) if "jailbreak" in c.lower()), None),
+    )
     latent = next((r for r in rows if "latent" in str(r.get("name", "")).lower()), None)
     # the model's own refusal row ("model's own refusal"), not the refusal-direction guard
     model = next(
