@@ -84,17 +84,8 @@ def _model_ref(args: argparse.Namespace) -> Any:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    from latentguard.models import load
-
-    return load(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        device_map=args.device_map,
-        load_in_bits=args.load_in_bits,
-        chat_template=args.chat_template,
-        layers_path=args.layers_path,
-    )
+    # the same options a Ray worker loads its replica with (ray_engine imports ray lazily)
+    return _model_ref(args).load()
 
 
 def _print_json(obj: Any) -> None:
