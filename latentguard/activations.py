@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from latentguard.models import LoadedModel, _unwrap, cache_dir, find_final_norm
-from latentguard.positions import POSITION_NAMES, Positions, locate_many, model_max_length
+from latentguard.positions import POSITION_NAMES, Positions, locate_for
 
 logger = logging.getLogger(__name__)
 
@@ -433,13 +433,7 @@ def extract(
     if not instructions:
         raise ValueError("no instructions to extract")
     layers = list(cfg.layers) if cfg.layers is not None else list(range(lm.n_layers + 1))
-    prompts = locate_many(
-        lm.tokenizer,
-        instructions,
-        question=cfg.question,
-        system=cfg.system,
-        max_length=model_max_length(lm.model, lm.tokenizer),
-    )
+    prompts = locate_for(lm, instructions, question=cfg.question, system=cfg.system)
     for p in prompts[:1]:
         for name in cfg.positions:
             p.index(name)  # validates names early

@@ -21,7 +21,7 @@ import torch
 
 from latentguard.activations import Batch, pad_batch
 from latentguard.models import LoadedModel
-from latentguard.positions import Positions, locate_many, model_max_length
+from latentguard.positions import Positions, locate_for
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,7 @@ def generate(
     cfg = config or GenerationConfig()
     if not instructions:
         return []
-    prompts = locate_many(
-        lm.tokenizer,
-        instructions,
-        question=cfg.question,
-        system=cfg.system,
-        max_length=model_max_length(lm.model, lm.tokenizer),
-    )
+    prompts = locate_for(lm, instructions, question=cfg.question, system=cfg.system)
     return generate_from_positions(lm, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.progress)
 
 

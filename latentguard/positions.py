@@ -24,9 +24,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentguard.models import require_chat_template
+
+if TYPE_CHECKING:
+    from latentguard.models import LoadedModel
 
 SENTINEL = "LGSENTINELq7x"
 POSITION_NAMES = ("t_inst", "t_post_inst")
@@ -242,6 +245,23 @@ def locate(
         before_question=before_q,
         text=text,
         inst_span=(lo, inst_end + 1),
+    )
+
+
+def locate_for(
+    lm: LoadedModel,
+    instructions: Sequence[str],
+    *,
+    question: str | None = None,
+    system: str | None = None,
+) -> list[Positions]:
+    """:func:`locate_many` with ``lm``'s tokenizer, limited to ``lm``'s context length."""
+    return locate_many(
+        lm.tokenizer,
+        instructions,
+        question=question,
+        system=system,
+        max_length=model_max_length(lm.model, lm.tokenizer),
     )
 
 

@@ -428,7 +428,7 @@ class _Worker:
             compute_chunk,
             load_chunk,
         )
-        from latentguard.positions import locate_many, model_max_length
+        from latentguard.positions import locate_for
 
         lm = self.lm
         assert lm is not None
@@ -440,13 +440,7 @@ class _Worker:
         acts = load_chunk(path, len(instructions), shape_tail) if cfg.use_cache else None
         from_cache = acts is not None
         if acts is None:
-            prompts = locate_many(
-                lm.tokenizer,
-                instructions,
-                question=cfg.question,
-                system=cfg.system,
-                max_length=model_max_length(lm.model, lm.tokenizer),
-            )
+            prompts = locate_for(lm, instructions, question=cfg.question, system=cfg.system)
             acts = compute_chunk(lm, prompts, cfg, layers)
             if cfg.use_cache:
                 _atomic_save_tensors({"activations": acts}, path, metadata={"key": key, "chunk": str(chunk)})

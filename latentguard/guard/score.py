@@ -22,7 +22,7 @@ import torch
 from latentguard.activations import hidden_at
 from latentguard.guard.fit import LatentGuard
 from latentguard.models import LoadedModel
-from latentguard.positions import Positions, locate_many, model_max_length
+from latentguard.positions import Positions, locate_for
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[GuardR
 def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
     """Validate and template ``prompts`` with ``lm``'s chat template."""
     validate_prompts(prompts)
-    return locate_many(lm.tokenizer, list(prompts), max_length=model_max_length(lm.model, lm.tokenizer))
+    return locate_for(lm, list(prompts))
 
 
 def check(
