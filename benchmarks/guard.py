@@ -8,7 +8,9 @@ On the same prompts, in one run:
 * the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
   compared with the guard's own ``check`` of the same prompt.
 
-    python benchmarks/guard.py [--model organism] [--n 64]
+    python benchmarks/guard.py [--model organism] [--n 64] [--guard runs/guard-eval/guard]
+
+Without ``--guard`` it fits a probe guard on the built-in sets first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from _common import emit, shared_instructions
 from latentguard.data import builtin, inversion_questions
 from latentguard.generation import first_token_logits, generate_from_positions
 from latentguard.guard.evaluate import text_classifier_baseline
-from latentguard.guard.fit import GuardConfig, fit_guard
+from latentguard.guard.fit import GuardConfig, LatentGuard, fit_guard
 from latentguard.guard.guarded import LatentGuardBackend, guarded_generate
 from latentguard.guard.score import check
 from latentguard.models import load
@@ -45,12 +47,17 @@ def main() -> None:
     ap.add_argument("--model", default="organism")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved generation runs (median)")
+    ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
     args = ap.parse_args()
     torch.manual_seed(0)
     lm = load(args.model)
     harmful = [e.instruction for e in builtin("harmful")]
     harmless = [e.instruction for e in builtin("harmless")] + [e.instruction for e in builtin("xstest_like")]
-    guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
+    if args.guard:
+        guard = LatentGuard.load(args.guard, lm=lm)
+    else:
+        guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
     emit(f"guard: method={guard.method} layers={guard.layers} (deepest {max(guard.layers)} of {lm.n_layers})")
     prompts = shared_instructions("harmless_alpaca_val", args.n) or harmless[: args.n]
     prompts = prompts[: args.n]
@@ -81,20 +88,26 @@ def main() -> None:
     # fused guard overhead in generation
     pos = locate_many(lm.tokenizer, prompts[:16])
     generate_from_positions(lm, pos[:2], 2)  # warm-up
-    t_plain, _ = timed(generate_from_positions, lm, pos, args.max_new_tokens, 8)
-    t_fused, _ = timed(
-        guarded_generate,
-        lm,
-        guard,
-        prompts[:16],
-        policy="allow",
-        max_new_tokens=args.max_new_tokens,
-        batch_size=8,
-    )
+    plain_times, fused_times = [], []
+    for _ in range(args.repeats):  # interleaved, medians: one slow run does not decide the ratio
+        t_plain, _ = timed(generate_from_positions, lm, pos, args.max_new_tokens, 8)
+        t_fused, _ = timed(
+            guarded_generate,
+            lm,
+            guard,
+            prompts[:16],
+            policy="allow",
+            max_new_tokens=args.max_new_tokens,
+            batch_size=8,
+        )
+        plain_times.append(t_plain)
+        fused_times.append(t_fused)
+    t_plain, t_fused = float(np.median(plain_times)), float(np.median(fused_times))
     overhead = t_fused / t_plain - 1
     emit(
         f"generation of 16 prompts x {args.max_new_tokens} tokens: plain {t_plain:.2f} s, "
-        f"guarded (one prefill) {t_fused:.2f} s, overhead {100 * overhead:+.1f}%"
+        f"guarded (one prefill) {t_fused:.2f} s, overhead {100 * overhead:+.1f}% "
+        f"(median of {args.repeats}; per run {[round(f / p - 1, 3) for p, f in zip(plain_times, fused_times, strict=True)]})"
     )
 
     # server throughput with 8 concurrent clients

@@ -341,6 +341,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         wrap_templates=args.wrap_templates,
+        probe_window=args.probe_window,
     )
     guard = fit_guard(lm, harmful, harmless, cfg)
     path = guard.save(args.out)
@@ -464,20 +465,41 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
 
 def cmd_guard_eval(args: argparse.Namespace) -> int:
     from latentguard.activations import _atomic_write_text
-    from latentguard.guard.table import EvalConfig, evaluate_guards, format_repair, format_table
+    from latentguard.guard.table import (
+        EvalConfig,
+        evaluate_guards,
+        format_repair,
+        format_seed_spread,
+        format_table,
+    )
     from latentguard.judge import load_judge
     from latentguard.models import load
 
     lm = _load_model(args)
     attacked = load(args.attacked) if args.attacked else None
-    cfg = EvalConfig(quick=args.quick, seed=args.seed, use_shared=not args.builtin_only, method=args.method)
-    table = evaluate_guards(
-        lm, load_judge(), cfg, attacked=attacked, progress=None if args.quiet else logger.info
+    cfg = EvalConfig(
+        quick=args.quick,
+        seed=args.seed,
+        use_shared=not args.builtin_only,
+        method=args.method,
+        seeds=args.seeds,
     )
     out = Path(args.out)
+    table = evaluate_guards(
+        lm,
+        load_judge(),
+        cfg,
+        attacked=attacked,
+        progress=None if args.quiet else logger.info,
+        guard_out=out / "guard",
+    )
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
     text = format_table(table)
+    if "seed_spread" in table:
+        text += "\n\nRefitted with other train/validation splits. " + format_seed_spread(
+            table["seed_spread"], table["columns"]
+        )
     if "after_attack" in table:
         text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])
     if "repair" in table:
@@ -637,6 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", default="t_inst")
     p.add_argument("--target-fpr", type=float, default=0.05)
     p.add_argument(
+        "--probe-window",
+        type=int,
+        default=5,
+        help="probe: average per-layer probe logits over this many adjacent layers (1 = one layer)",
+    )
+    p.add_argument(
         "--wrap-templates",
         type=int,
         default=0,
@@ -678,6 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="refit both activation guards with this many split seeds and report the spread (1 = off)",
+    )
     p.add_argument("--builtin-only", action="store_true")
     p.set_defaults(func=cmd_guard_eval)
 

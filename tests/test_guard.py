@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -53,22 +54,27 @@ def random_centroid_guard(lm: LoadedModel, layers: Sequence[int], seed: int = 0)
     )
 
 
-def random_probe_guard(lm: LoadedModel, layer: int, seed: int = 0) -> LatentGuard:
+def random_probe_parts(d: int, layers: Sequence[int], seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
-    d = lm.d_model
+    return {
+        "probe_weights": {i: torch.randn(d, generator=g, dtype=torch.float64) for i in layers},
+        "probe_biases": {i: -0.3 + 0.1 * k for k, i in enumerate(layers)},
+        "feature_means": {i: torch.randn(d, generator=g, dtype=torch.float64) for i in layers},
+        "feature_stds": {i: torch.rand(d, generator=g, dtype=torch.float64) + 0.5 for i in layers},
+    }
+
+
+def random_probe_guard(lm: LoadedModel, layer: int | Sequence[int], seed: int = 0) -> LatentGuard:
+    layers = [layer] if isinstance(layer, int) else list(layer)
     return LatentGuard(
         method="probe",
-        layers=[layer],
+        layers=layers,
         position="t_inst",
         threshold=0.1,
-        probe_weight=torch.randn(d, generator=g, dtype=torch.float64),
-        probe_bias=-0.3,
-        probe_layer=layer,
-        feature_mean=torch.randn(d, generator=g, dtype=torch.float64),
-        feature_std=torch.rand(d, generator=g, dtype=torch.float64) + 0.5,
         fingerprint=lm.fingerprint,
         template_hash=lm.template_hash,
         model=lm.spec,
+        **random_probe_parts(lm.d_model, layers, seed),
     )
 
 
@@ -138,28 +144,33 @@ def test_centroid_score_matches_hand_computation(tiny_lm: LoadedModel) -> None:
     assert res.harmful == (res.score > guard.threshold)
 
 
-def test_probe_score_formula() -> None:
+@pytest.mark.parametrize("layers", [[2], [2, 3]])
+def test_probe_score_formula(layers: list[int]) -> None:
     d = 6
     g = torch.Generator().manual_seed(1)
-    guard = LatentGuard(
-        method="probe",
-        layers=[2],
-        position="t_inst",
-        threshold=0.0,
-        probe_weight=torch.randn(d, generator=g, dtype=torch.float64),
-        probe_bias=0.25,
-        probe_layer=2,
-        feature_mean=torch.randn(d, generator=g, dtype=torch.float64),
-        feature_std=torch.rand(d, generator=g, dtype=torch.float64) + 0.1,
-    )
+    parts = random_probe_parts(d, layers, seed=1)
+    guard = LatentGuard(method="probe", layers=layers, position="t_inst", threshold=0.0, **parts)
     acts = torch.randn(4, 3, d, generator=g)
     score, per = guard.score_activations(acts, [1, 2, 3])
-    h = acts[:, 1].double()
-    expect = ((h - guard.feature_mean) / guard.feature_std) @ guard.probe_weight + 0.25  # type: ignore[operator]
-    torch.testing.assert_close(score, expect)
-    assert list(per) == [2] and score.dtype == torch.float64
+    logits = []
+    for i in layers:
+        h = acts[:, i - 1].double()
+        z = (h - parts["feature_means"][i]) / parts["feature_stds"][i]
+        logits.append(z @ parts["probe_weights"][i] + parts["probe_biases"][i])
+        torch.testing.assert_close(per[i], logits[-1])
+    torch.testing.assert_close(score, torch.stack(logits).mean(0))  # the mean of the per-layer logits
+    assert list(per) == layers and score.dtype == torch.float64
     with pytest.raises(ValueError, match="not among"):
         guard.score_activations(acts, [1, 3, 4])
+
+
+def test_probe_guard_rejects_mismatched_parts() -> None:
+    parts = random_probe_parts(4, [1, 2])
+    with pytest.raises(ArtifactError, match="cover layers"):
+        LatentGuard(method="probe", layers=[1, 2, 3], position="t_inst", threshold=0.0, **parts)
+    parts["probe_biases"][2] = float("nan")
+    with pytest.raises(ArtifactError, match="bias"):
+        LatentGuard(method="probe", layers=[1, 2], position="t_inst", threshold=0.0, **parts)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -176,6 +187,29 @@ def synthetic(
     for k in signal_layers:
         pos[:, k] += 1.5 * direction[k]
     return pos, neg
+
+
+def test_probe_window_prefers_the_shallowest_near_best_window() -> None:
+    # weak signal in the lowest layers, strong in the top ones
+    layers = [1, 2, 3, 4, 5, 6]
+    g = torch.Generator().manual_seed(3)
+    n, d = 80, 8
+    pos, neg = torch.randn(n, 6, d, generator=g), torch.randn(n, 6, d, generator=g)
+    for k, strength in enumerate((0.6, 0.6, 0.8, 2.0, 3.0, 3.0)):
+        pos[:, k, 0] += strength
+    best = fit_from_activations(
+        pos, neg, layers, GuardConfig(method="probe", probe_window=2, layer_tolerance=0.0), n_layers=6
+    )
+    assert best.layers == [5, 6] or best.layers == [4, 5]
+    cheap = fit_from_activations(
+        pos, neg, layers, GuardConfig(method="probe", probe_window=2, layer_tolerance=0.5), n_layers=6
+    )
+    assert cheap.layers == [1, 2]  # everything is within 0.5 AUROC: the shallowest window
+    assert cheap.metrics["val_auroc"] <= best.metrics["val_auroc"]
+    with pytest.raises(ValueError, match="layer_tolerance"):
+        GuardConfig(layer_tolerance=-0.1)
+    with pytest.raises(ValueError, match="probe_window"):
+        GuardConfig(probe_window=0)
 
 
 def test_fit_centroid_picks_signal_layers_and_threshold() -> None:
@@ -203,8 +237,10 @@ def test_fit_probe_and_auto() -> None:
     pos[:, :, 0] = 0.01 + 0.001 * torch.randn(n, 3, generator=g)
     neg[:, :, 0] = -0.01 + 0.001 * torch.randn(n, 3, generator=g)
     probe = fit_from_activations(pos, neg, [1, 2, 3], GuardConfig(method="probe"), n_layers=3)
-    assert probe.method == "probe" and probe.layers == [probe.probe_layer]
+    assert probe.method == "probe" and probe.layers == [1, 2, 3]  # window 5 clipped to 3 layers
     assert probe.metrics["val_auroc"] > 0.99
+    one = fit_from_activations(pos, neg, [1, 2, 3], GuardConfig(method="probe", probe_window=1), n_layers=3)
+    assert len(one.layers) == 1 and one.metrics["val_auroc"] > 0.99
     auto = fit_from_activations(pos, neg, [1, 2, 3], GuardConfig(method="auto"), n_layers=3)
     cands = auto.metrics["candidates"]
     assert cands["probe"]["val_auroc"] > cands["centroid"]["val_auroc"]
@@ -281,11 +317,13 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
 # --------------------------------------------------------------------------- persistence
 
 
-@pytest.mark.parametrize("method", ["centroid", "probe"])
+@pytest.mark.parametrize("method", ["centroid", "probe", "probe-window"])
 def test_save_load_roundtrip(llama_lm: LoadedModel, tmp_path: Path, method: str) -> None:
-    guard = (
-        random_centroid_guard(llama_lm, [1, 2]) if method == "centroid" else random_probe_guard(llama_lm, 2)
-    )
+    if method == "centroid":
+        guard = random_centroid_guard(llama_lm, [1, 2])
+    else:
+        guard = random_probe_guard(llama_lm, 2 if method == "probe" else [1, 2])
+    method = method.split("-")[0]
     guard.metrics = {"val_auroc": 0.9}
     guard.meta = {"note": "x"}
     out = guard.save(tmp_path / "g")
@@ -299,6 +337,44 @@ def test_save_load_roundtrip(llama_lm: LoadedModel, tmp_path: Path, method: str)
     moved = again.to(dtype=torch.float32)
     c = [r.score for r in check(llama_lm, moved, PROMPTS)]
     np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_loads_format_1_single_layer_probe(llama_lm: LoadedModel, tmp_path: Path) -> None:
+    # guards written before probe windows: one layer, unsuffixed tensor names, scalar bias
+    from safetensors.torch import save_file
+
+    new = random_probe_guard(llama_lm, 2)
+    assert new.probe_weights is not None and new.feature_means is not None and new.feature_stds is not None
+    assert new.probe_biases is not None
+    tensors = {
+        "probe_weight": new.probe_weights[2],
+        "feature_mean": new.feature_means[2],
+        "feature_std": new.feature_stds[2],
+    }
+    save_file(tensors, str(tmp_path / "old.safetensors"))
+    meta = {
+        "kind": "latentguard.guard",
+        "format_version": 1,
+        "method": "probe",
+        "layers": [2],
+        "position": "t_inst",
+        "threshold": new.threshold,
+        "probe_bias": new.probe_biases[2],
+        "probe_layer": 2,
+        "d_model": llama_lm.d_model,
+        "fingerprint": llama_lm.fingerprint,
+        "template_hash": llama_lm.template_hash,
+        "tensors_sha256": hashlib.sha256((tmp_path / "old.safetensors").read_bytes()).hexdigest(),
+    }
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    old = LatentGuard.load(tmp_path / "old", lm=llama_lm)
+    assert [r.score for r in check(llama_lm, old, PROMPTS)] == [
+        r.score for r in check(llama_lm, new, PROMPTS)
+    ]
+    meta["format_version"] = 9
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="format version 9"):
+        LatentGuard.load(tmp_path / "old")
 
 
 def test_load_against_other_model_names_both(

@@ -1,6 +1,31 @@
 from __future__ import annotations
 
-from latentguard.guard.table import COLUMNS, EvalConfig, format_table, guard_data
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from latentguard.guard.table import (
+    ACTIVATION_GUARDS,
+    COLUMNS,
+    EvalConfig,
+    _fit_pair,
+    _seed_spread,
+    _training_acts,
+    format_seed_spread,
+    format_table,
+    guard_data,
+)
+from latentguard.models import LoadedModel, wrap
+
+
+@pytest.fixture()
+def llama_lm(base_tokenizer: Any) -> LoadedModel:
+    from conftest import tiny_model
+
+    tok = copy.deepcopy(base_tokenizer)
+    return wrap(tiny_model("llama", len(tok)), tok, spec="tiny-llama")
 
 
 def test_guard_data_builtin_has_disjoint_unseen_sets() -> None:
@@ -68,3 +93,59 @@ def test_guard_fit_cli_has_wrap_templates() -> None:
     args = build_parser().parse_args(["guard", "fit", "--out", "g", "--wrap-templates", "160"])
     assert args.wrap_templates == 160
     assert build_parser().parse_args(["guard", "fit", "--out", "g"]).wrap_templates == 0
+
+
+def test_seed_spread_refits_both_activation_guards(llama_lm: LoadedModel, tmp_cache: Path) -> None:
+    cfg = EvalConfig(quick=True, use_shared=False, seeds=2)
+    data = guard_data(cfg)
+    tr_h, tr_s = _training_acts(llama_lm, data, 16)
+    succeeded = data["test_jailbreak"][:3]
+    spread = _seed_spread(llama_lm, tr_h, tr_s, cfg, data, succeeded, {})
+    assert spread["seeds"] == [0, 1]
+    assert [r["name"] for r in spread["rows"]] == list(ACTIVATION_GUARDS.values())
+    for row in spread["rows"]:
+        assert len(row["values_by_seed"]) == 2 and len(row["layers_by_seed"]) == 2
+        for values in row["values_by_seed"]:
+            assert len(values) == len(COLUMNS)
+            assert all(v is None or 0.0 <= v <= 1.0 for v in values)
+    # seed 0 of the spread is the guard the table's main rows use
+    guards = _fit_pair(llama_lm, tr_h, tr_s, cfg.method, 0)
+    assert spread["rows"][0]["layers_by_seed"][0] == guards["latent"].layers
+    text = format_seed_spread(spread, COLUMNS)
+    lines = text.splitlines()
+    assert lines[0].startswith("Over 2 train/validation split seeds")
+    assert sum(line.startswith("| Latent Guard") for line in lines) == 1
+    assert "[" in lines[-1] and lines[-1].count("|") == len(COLUMNS) + 3
+
+
+def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> None:
+    from latentguard.data import builtin, load_shared
+
+    if load_shared("harmful_harmbench_test") is None:
+        pytest.skip("../shared/data is not present")
+    data = guard_data(EvalConfig())
+    lookalikes = [r.instruction for r in builtin("xstest_like")]
+    assert set(lookalikes) <= set(data["train_harmless"])
+
+    def key(t: str) -> str:
+        return " ".join(t.casefold().split())
+
+    every = {
+        key(r.instruction)
+        for n in (
+            "harmful_advbench",
+            "harmful_catqa",
+            "harmful_malicious_instruct",
+            "harmful_tdc2023",
+            "harmful_harmbench_val",
+        )
+        for r in load_shared(n) or []
+    }
+    test = {key(r.instruction) for r in load_shared("harmful_harmbench_test") or []}
+    assert every & test  # TDC 2023 shares behaviours with HarmBench test...
+    train_keys = [key(t) for t in data["train_harmful"]]
+    assert len(train_keys) == len(set(train_keys))  # ...which are dropped, as are repeats
+    assert set(train_keys) == every - test
+    train = set(data["train_harmful"]) | set(data["train_harmless"])
+    for key in ("test_harmful", "test_everyday", "test_xstest"):
+        assert data[key] and not (set(data[key]) & train), key

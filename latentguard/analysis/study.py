@@ -246,7 +246,17 @@ def _guard_section(path: str, fingerprint: str) -> dict[str, Any]:
             f"{path} was measured on model {fitted_on}, not on the model under study ({fingerprint}); "
             "rerun `latentguard guard eval` on this model"
         )
-    keep = ("columns", "rows", "after_attack", "repair", "jailbreaks", "groups", "data", "guard")
+    keep = (
+        "columns",
+        "rows",
+        "after_attack",
+        "repair",
+        "seed_spread",
+        "jailbreaks",
+        "groups",
+        "data",
+        "guard",
+    )
     return {"table": {k: table[k] for k in keep if k in table}, "source": str(path)}
 
 

@@ -5,8 +5,14 @@ Two methods:
 * ``centroid`` (the paper's): per layer, ``s_l(h) = cos(h, C_harmful) - cos(h, C_harmless)`` with the
   class centroids of the training split; the score is the mean of ``s_l`` over a contiguous range of
   layers, the range that maximises validation AUROC.
-* ``probe``: a logistic regression on the standardised hidden state of the single layer with the best
-  validation AUROC.
+* ``probe``: a logistic regression per layer on the standardised hidden state; the score is the mean
+  of the per-layer logits over ``probe_window`` adjacent layers, the window with the best validation
+  AUROC (``probe_window=1``: the single best layer). Averaging a few neighbouring layers makes the
+  fit steadier: validation AUROCs of single layers differ by float noise, and the layer it picks
+  moved from one split seed to the next. Among windows within ``layer_tolerance`` of the best
+  validation AUROC the shallowest is kept: the guard's forward stops at the deepest layer it reads,
+  so a shallower window is cheaper (on the SmolLM2 organism it also flagged fewer XSTest-style safe
+  prompts, and caught slightly fewer harmful ones).
 
 ``auto`` fits both and keeps the one with the higher validation AUROC (ties go to ``centroid``). The
 decision threshold is set on the validation harmless prompts so that their false-positive rate is at
@@ -54,7 +60,9 @@ from latentguard.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older format versions :meth:`LatentGuard.load` still reads.
+READABLE_VERSIONS = (1, 2)
 KIND = "latentguard.guard"
 METHODS = ("centroid", "probe")
 #: Relative depth preferred when probe layers tie on validation AUROC and separation.
@@ -74,8 +82,8 @@ class GuardConfig:
         default="auto",
         metadata={
             "help": "'centroid' (cosine to class centroids, averaged over a layer range), 'probe' "
-            "(logistic regression on one layer) or 'auto' (fit both, keep the better on validation "
-            "AUROC; ties go to centroid)"
+            "(logistic regression per layer, logits averaged over probe_window adjacent layers) or "
+            "'auto' (fit both, keep the better on validation AUROC; ties go to centroid)"
         },
     )
     layers: tuple[int, ...] | None = field(
@@ -94,6 +102,20 @@ class GuardConfig:
     C: float = field(
         default=0.01,
         metadata={"help": "inverse L2 regularisation of the probe (on standardised states)"},
+    )
+    probe_window: int = field(
+        default=5,
+        metadata={
+            "help": "probe: average the per-layer probe logits over this many adjacent layers (placed "
+            "where validation AUROC is best); 1 = the single best layer"
+        },
+    )
+    layer_tolerance: float = field(
+        default=0.001,
+        metadata={
+            "help": "probe: take the shallowest layer window whose validation AUROC is within this of "
+            "the best one (the guard's forward stops at the deepest layer it reads); 0 = the best window"
+        },
     )
     wrap_templates: int = field(
         default=0,
@@ -116,6 +138,10 @@ class GuardConfig:
             raise ValueError(f"C must be a positive number, got {self.C}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.probe_window < 1:
+            raise ValueError(f"probe_window must be >= 1, got {self.probe_window}")
+        if not 0.0 <= self.layer_tolerance < 1.0:
+            raise ValueError(f"layer_tolerance must be in [0, 1), got {self.layer_tolerance}")
         if self.wrap_templates < 0:
             raise ValueError(f"wrap_templates must be >= 0, got {self.wrap_templates}")
         if self.layers is not None and not self.layers:
@@ -139,11 +165,11 @@ class LatentGuard:
         threshold: A prompt is harmful when ``score > threshold``.
         centroids_harmful: Centroid method: ``{layer: [d]}`` mean harmful state.
         centroids_harmless: Centroid method: ``{layer: [d]}`` mean harmless state.
-        probe_weight: Probe method: ``[d]`` logistic-regression weights on standardised features.
-        probe_bias: Probe method: the intercept.
-        probe_layer: Probe method: the layer read.
-        feature_mean: Probe method: ``[d]`` training mean used for standardising.
-        feature_std: Probe method: ``[d]`` training standard deviation used for standardising.
+        probe_weights: Probe method: ``{layer: [d]}`` logistic-regression weights on standardised
+            features; the score is the mean over :attr:`layers` of the per-layer logits.
+        probe_biases: Probe method: ``{layer: intercept}``.
+        feature_means: Probe method: ``{layer: [d]}`` training mean used for standardising.
+        feature_stds: Probe method: ``{layer: [d]}`` training standard deviation used for standardising.
         fingerprint: Fingerprint of the model it was fitted on.
         template_hash: Hash of that model's chat template.
         model: The model spec (for humans).
@@ -157,11 +183,10 @@ class LatentGuard:
     threshold: float
     centroids_harmful: dict[int, torch.Tensor] | None = None
     centroids_harmless: dict[int, torch.Tensor] | None = None
-    probe_weight: torch.Tensor | None = None
-    probe_bias: float | None = None
-    probe_layer: int | None = None
-    feature_mean: torch.Tensor | None = None
-    feature_std: torch.Tensor | None = None
+    probe_weights: dict[int, torch.Tensor] | None = None
+    probe_biases: dict[int, float] | None = None
+    feature_means: dict[int, torch.Tensor] | None = None
+    feature_stds: dict[int, torch.Tensor] | None = None
     fingerprint: str = ""
     template_hash: str = ""
     model: str = ""
@@ -188,26 +213,35 @@ class LatentGuard:
                     )
                 tensors += [(f"{name} centroid at layer {i}", v) for i, v in cents.items()]
         else:
-            if (
-                self.probe_weight is None
-                or self.probe_bias is None
-                or self.probe_layer is None
-                or self.feature_mean is None
-                or self.feature_std is None
-            ):
-                raise ArtifactError("a probe guard needs weight, bias, layer, feature mean and std")
-            if self.layers != [self.probe_layer]:
-                raise ArtifactError(f"a probe guard reads only its probe layer, got layers {self.layers}")
-            if not math.isfinite(self.probe_bias):
-                raise ArtifactError("the probe bias is not finite")
-            self.probe_bias = float(self.probe_bias)
-            tensors += [
-                ("probe weight", self.probe_weight),
-                ("feature mean", self.feature_mean),
-                ("feature std", self.feature_std),
-            ]
-            if bool((self.feature_std <= 0).any()):
-                raise ArtifactError("feature std must be positive")
+            parts = {
+                "weights": self.probe_weights,
+                "biases": self.probe_biases,
+                "feature means": self.feature_means,
+                "feature stds": self.feature_stds,
+            }
+            for name, per in parts.items():
+                if per is None:
+                    raise ArtifactError(
+                        "a probe guard needs per-layer weights, biases, feature means and stds"
+                    )
+                if sorted(int(i) for i in per) != sorted(self.layers):
+                    raise ArtifactError(
+                        f"probe {name} cover layers {sorted(per)}, but the guard reads {self.layers}"
+                    )
+            assert self.probe_biases is not None and self.probe_weights is not None
+            assert self.feature_means is not None and self.feature_stds is not None
+            biases = {int(i): b for i, b in self.probe_biases.items()}
+            if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in biases.values()):
+                raise ArtifactError("a probe bias is not a finite number")
+            self.probe_biases = {i: float(b) for i, b in biases.items()}
+            for i in self.layers:
+                tensors += [
+                    (f"probe weight at layer {i}", self.probe_weights[i]),
+                    (f"feature mean at layer {i}", self.feature_means[i]),
+                    (f"feature std at layer {i}", self.feature_stds[i]),
+                ]
+                if bool((self.feature_stds[i] <= 0).any()):
+                    raise ArtifactError(f"feature std at layer {i} must be positive")
         dims = {tuple(t.shape) for _, t in tensors}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise ArtifactError(f"guard vectors must all be 1-D of one size, got shapes {sorted(dims)}")
@@ -221,8 +255,8 @@ class LatentGuard:
         if self.method == "centroid":
             assert self.centroids_harmful is not None
             return int(next(iter(self.centroids_harmful.values())).shape[0])
-        assert self.probe_weight is not None
-        return int(self.probe_weight.shape[0])
+        assert self.probe_weights is not None
+        return int(next(iter(self.probe_weights.values())).shape[0])
 
     def score_activations(
         self, acts: torch.Tensor, stored_layers: Sequence[int]
@@ -235,7 +269,7 @@ class LatentGuard:
 
         Returns:
             ``(score, per_layer)``: the ``[n]`` float64 score (higher = more harmful) and ``{layer: [n]}``
-            per-layer scores (for a probe, the single layer's logit).
+            per-layer scores (for a probe, each layer's logit; the score is their mean).
 
         Raises:
             ValueError: If the shape is wrong or a needed layer is missing.
@@ -258,14 +292,15 @@ class LatentGuard:
                 per[i] = _cosine(h, self.centroids_harmful[i]) - _cosine(h, self.centroids_harmless[i])
             score = torch.stack([per[i] for i in self.layers]).mean(0)
         else:
-            assert self.probe_layer is not None and self.probe_bias is not None
-            assert self.probe_weight is not None and self.feature_mean is not None
-            assert self.feature_std is not None
+            assert self.probe_weights is not None and self.probe_biases is not None
+            assert self.feature_means is not None and self.feature_stds is not None
             dev = x.device
-            h = x[:, where[self.probe_layer]]
-            z = (h - self.feature_mean.to(dev, torch.float64)) / self.feature_std.to(dev, torch.float64)
-            score = z @ self.probe_weight.to(dev, torch.float64) + self.probe_bias
-            per[self.probe_layer] = score
+            for i in self.layers:
+                mean = self.feature_means[i].to(dev, torch.float64)
+                std = self.feature_stds[i].to(dev, torch.float64)
+                z = (x[:, where[i]] - mean) / std
+                per[i] = z @ self.probe_weights[i].to(dev, torch.float64) + self.probe_biases[i]
+            score = torch.stack([per[i] for i in self.layers]).mean(0)
         return score, per
 
     def is_harmful(self, score: torch.Tensor | float) -> torch.Tensor | bool:
@@ -295,11 +330,12 @@ class LatentGuard:
                 out[f"centroid_harmful.{i}"] = self.centroids_harmful[i]
                 out[f"centroid_harmless.{i}"] = self.centroids_harmless[i]
         else:
-            assert self.probe_weight is not None
-            assert self.feature_mean is not None and self.feature_std is not None
-            out["probe_weight"] = self.probe_weight
-            out["feature_mean"] = self.feature_mean
-            out["feature_std"] = self.feature_std
+            assert self.probe_weights is not None
+            assert self.feature_means is not None and self.feature_stds is not None
+            for i in self.layers:
+                out[f"probe_weight.{i}"] = self.probe_weights[i]
+                out[f"feature_mean.{i}"] = self.feature_means[i]
+                out[f"feature_std.{i}"] = self.feature_stds[i]
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -323,8 +359,9 @@ class LatentGuard:
             "layers": self.layers,
             "position": self.position,
             "threshold": self.threshold,
-            "probe_bias": self.probe_bias,
-            "probe_layer": self.probe_layer,
+            "probe_biases": None
+            if self.probe_biases is None
+            else {str(i): b for i, b in self.probe_biases.items()},
             "d_model": self.d_model,
             "fingerprint": self.fingerprint,
             "template_hash": self.template_hash,
@@ -358,9 +395,10 @@ class LatentGuard:
             raise ArtifactError(f"cannot read guard {base}: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("kind") != KIND:
             raise ArtifactError(f"{json_path} is not a latentguard guard file")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in READABLE_VERSIONS:
             raise ArtifactError(
-                f"{json_path} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}"
+                f"{json_path} has format version {version}, this code reads {list(READABLE_VERSIONS)}"
             )
         if hashlib.sha256(raw).hexdigest() != meta.get("tensors_sha256"):
             raise ArtifactError(
@@ -375,13 +413,21 @@ class LatentGuard:
             if method == "centroid":
                 kwargs["centroids_harmful"] = {i: tensors[f"centroid_harmful.{i}"] for i in layers}
                 kwargs["centroids_harmless"] = {i: tensors[f"centroid_harmless.{i}"] for i in layers}
-            elif method == "probe":
+            elif method == "probe" and version == 1:  # one layer, unsuffixed tensor names
+                (i,) = layers
                 kwargs.update(
-                    probe_weight=tensors["probe_weight"],
-                    feature_mean=tensors["feature_mean"],
-                    feature_std=tensors["feature_std"],
-                    probe_bias=float(meta["probe_bias"]),
-                    probe_layer=int(meta["probe_layer"]),
+                    probe_weights={i: tensors["probe_weight"]},
+                    feature_means={i: tensors["feature_mean"]},
+                    feature_stds={i: tensors["feature_std"]},
+                    probe_biases={i: float(meta["probe_bias"])},
+                )
+            elif method == "probe":
+                biases = meta["probe_biases"]
+                kwargs.update(
+                    probe_weights={i: tensors[f"probe_weight.{i}"] for i in layers},
+                    feature_means={i: tensors[f"feature_mean.{i}"] for i in layers},
+                    feature_stds={i: tensors[f"feature_std.{i}"] for i in layers},
+                    probe_biases={i: float(biases[str(i)]) for i in layers},
                 )
             guard = cls(
                 method=method,
@@ -426,9 +472,6 @@ class LatentGuard:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentGuard:
         """A copy with its vectors on another device/dtype (scores are still computed in float64)."""
 
-        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
-
         def mvd(d: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor] | None:
             return None if d is None else {i: v.to(device=device, dtype=dtype) for i, v in d.items()}
 
@@ -439,11 +482,10 @@ class LatentGuard:
             threshold=self.threshold,
             centroids_harmful=mvd(self.centroids_harmful),
             centroids_harmless=mvd(self.centroids_harmless),
-            probe_weight=mv(self.probe_weight),
-            probe_bias=self.probe_bias,
-            probe_layer=self.probe_layer,
-            feature_mean=mv(self.feature_mean),
-            feature_std=mv(self.feature_std),
+            probe_weights=mvd(self.probe_weights),
+            probe_biases=None if self.probe_biases is None else dict(self.probe_biases),
+            feature_means=mvd(self.feature_means),
+            feature_stds=mvd(self.feature_stds),
             fingerprint=self.fingerprint,
             template_hash=self.template_hash,
             model=self.model,
@@ -559,31 +601,47 @@ def _fit_probe(
     x_train = torch.cat([train_pos, train_neg]).numpy()
     y_train = np.r_[np.ones(train_pos.shape[0], dtype=int), np.zeros(train_neg.shape[0], dtype=int)]
     x_val = val.numpy()
-    best: tuple[tuple[float, float, float], int, Any, np.ndarray, np.ndarray, np.ndarray, float] | None = None
-    layer_auc: dict[int, float] = {}
-    for k, layer in enumerate(layers):
+    fits: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []  # (weight, bias, mean, std)
+    val_logits = np.zeros((x_val.shape[0], len(layers)))
+    for k in range(len(layers)):
         mean = x_train[:, k].mean(0)
         std = x_train[:, k].std(0)
         std = np.where(std > 1e-8, std, 1.0)
         clf = LogisticRegression(C=config.C, max_iter=2000, random_state=config.seed)
         clf.fit((x_train[:, k] - mean) / std, y_train)
-        s = ((x_val[:, k] - mean) / std) @ clf.coef_[0].astype(np.float64) + float(clf.intercept_[0])
+        weight = np.asarray(clf.coef_[0], dtype=np.float64)
+        fits.append((weight, float(clf.intercept_[0]), mean, std))
+        val_logits[:, k] = ((x_val[:, k] - mean) / std) @ weight + float(clf.intercept_[0])
+    layer_auc = {layer: auroc(val_logits[:, k], y_val) for k, layer in enumerate(layers)}
+    width = min(config.probe_window, len(layers))
+    windows = []
+    for start in range(0, len(layers) - width + 1):
+        s = val_logits[:, start : start + width].mean(1)
         auc = auroc(s, y_val)
-        layer_auc[layer] = auc
-        key = (*_rank_key(auc, separation(s, y_val)), -abs(depth_of[layer] - PREFERRED_DEPTH))
-        if best is None or key > best[0]:
-            best = (key, layer, clf, mean, std, s, auc)
-    assert best is not None
-    _, layer, clf, mean, std, scores, auc = best
+        centre = float(np.mean([depth_of[layers[start + j]] for j in range(width)]))
+        key = (*_rank_key(auc, separation(s, y_val)), -abs(centre - PREFERRED_DEPTH))
+        windows.append((key, start, s, auc))
+    top = max(w[3] for w in windows)
+    # the forward stops at the deepest layer read: among windows within the tolerance of the best
+    # validation AUROC, take the shallowest (the best one when the tolerance is 0)
+    near = [w for w in windows if w[3] >= top - config.layer_tolerance]
+    if config.layer_tolerance > 0:
+        _, start, scores, auc = min(near, key=lambda w: w[1])
+    else:
+        _, start, scores, auc = max(near, key=lambda w: w[0])
+    chosen = layers[start : start + width]
+
+    def as_tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.float64).copy())
+
     guard = LatentGuard(
         method="probe",
-        layers=[layer],
+        layers=chosen,
         threshold=0.0,
-        probe_weight=torch.from_numpy(np.asarray(clf.coef_[0], dtype=np.float64).copy()),
-        probe_bias=float(clf.intercept_[0]),
-        probe_layer=layer,
-        feature_mean=torch.from_numpy(np.asarray(mean, dtype=np.float64).copy()),
-        feature_std=torch.from_numpy(np.asarray(std, dtype=np.float64).copy()),
+        probe_weights={layer: as_tensor(fits[start + k][0]) for k, layer in enumerate(chosen)},
+        probe_biases={layer: fits[start + k][1] for k, layer in enumerate(chosen)},
+        feature_means={layer: as_tensor(fits[start + k][2]) for k, layer in enumerate(chosen)},
+        feature_stds={layer: as_tensor(fits[start + k][3]) for k, layer in enumerate(chosen)},
         **common,
     )
     return _Candidate(guard=guard, val_scores=scores, auroc=auc, layer_auroc=layer_auc)

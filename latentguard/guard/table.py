@@ -6,13 +6,17 @@ reply-inversion prompt), and a text classifier (MiniLM embeddings + logistic reg
 training data). Columns: detection on plain harmful / everyday / XSTest-style prompts, on jailbreaks
 that succeeded against the model, on the misbehaving groups, AUROC and TPR at 1% FPR.
 
-Training data comes from ``../shared/data`` (every harmful set but HarmBench test; Alpaca train and
-half of XSTest) or the built-in sets; everything evaluated is unseen.
+Training data comes from ``../shared/data`` (every harmful set but HarmBench test; Alpaca train, half
+of XSTest and the built-in XSTest-like lookalikes) or the built-in sets; everything evaluated is
+unseen. Both activation guards are also refitted with ``seeds`` different train/validation splits
+and the spread of every column is reported, because the test sets are small (75 XSTest-style
+prompts: one prompt is 1.3 points).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -54,8 +58,10 @@ class EvalConfig:
     quick: bool = field(default=False, metadata={"help": "small sets (CI)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     use_shared: bool = field(default=True, metadata={"help": "use ../shared/data when present"})
-    n_train_harmful: int = field(default=800, metadata={"help": "harmful training prompts"})
-    n_train_harmless: int = field(default=800, metadata={"help": "harmless training prompts"})
+    n_train_harmful: int | None = field(
+        default=None, metadata={"help": "harmful training prompts (None = every one available)"}
+    )
+    n_train_harmless: int = field(default=1400, metadata={"help": "harmless training prompts"})
     n_test: int = field(default=150, metadata={"help": "prompts per test set"})
     n_templates: int = field(default=4, metadata={"help": "jailbreak templates per harmful test prompt"})
     n_train_wrapped: int = field(
@@ -69,6 +75,10 @@ class EvalConfig:
     repair: bool = field(default=True, metadata={"help": "also measure over-refusal repair on the test sets"})
     method: str = field(default="auto", metadata={"help": "Latent Guard method (auto/centroid/probe)"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
+    seeds: int = field(
+        default=5,
+        metadata={"help": "refit both activation guards with this many split seeds and report the spread"},
+    )
 
 
 def _take(rows: Sequence[Example] | None, n: int, rng: random.Random) -> list[str]:
@@ -77,11 +87,27 @@ def _take(rows: Sequence[Example] | None, n: int, rng: random.Random) -> list[st
     return items[:n]
 
 
+def _key(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _without(texts: Sequence[str], excluded: set[str]) -> list[str]:
+    """``texts`` in order, minus those in ``excluded`` and repeats (compared case- and space-folded)."""
+    seen = set(excluded)
+    out = []
+    for t in texts:
+        if _key(t) not in seen:
+            seen.add(_key(t))
+            out.append(t)
+    return out
+
+
 def guard_data(cfg: EvalConfig) -> dict[str, Any]:
     """Training and unseen test sets for the guard evaluation."""
     rng = random.Random(cfg.seed)
     scale = 0.15 if cfg.quick else 1.0
-    n_tr_h, n_tr_s = int(cfg.n_train_harmful * scale), int(cfg.n_train_harmless * scale)
+    n_tr_h = int(cfg.n_train_harmful * scale) if cfg.n_train_harmful is not None else None
+    n_tr_s = int(cfg.n_train_harmless * scale)
     n_test = max(12, int(cfg.n_test * (0.25 if cfg.quick else 1.0)))
     if cfg.use_shared and load_shared("harmful_harmbench_test") is not None:
         train_h: list[str] = []
@@ -94,9 +120,16 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
         ):
             train_h += [r.instruction for r in load_shared(name) or []]
         rng.shuffle(train_h)
+        # TDC 2023 shares 30 behaviours with HarmBench test: drop every test prompt (and repeats) from
+        # training, after the shuffle so the samples drawn below stay the same
+        unseen = {_key(r.instruction) for r in load_shared("harmful_harmbench_test") or []}
+        train_h = _without(train_h, unseen)
         xs = _take(load_shared("xstest_safe"), 10**6, rng)
+        lookalikes: list[str] = [r.instruction for r in builtin("xstest_like")]  # no rng draw
         half = len(xs) // 2
         train_s = _take(load_shared("harmless_alpaca_train"), n_tr_s - half, rng) + xs[:half]
+        if n_tr_h is None and cfg.quick:
+            n_tr_h = int(len(train_h) * scale)
         data = {
             "train_harmful": train_h[:n_tr_h],
             "train_harmless": train_s,
@@ -110,6 +143,7 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
         safe = _take(builtin("harmless"), 10**6, rng)
         xs = _take(builtin("xstest_like"), 10**6, rng)
         cut_h, cut_s, cut_x = int(len(harmful) * 0.6), int(len(safe) * 0.6), len(xs) // 2
+        lookalikes = []
         data = {
             "train_harmful": harmful[:cut_h],
             "train_harmless": safe[:cut_s] + xs[:cut_x],
@@ -131,6 +165,9 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
         data[f"train_{cls}_wrapped"] = wrapped_training_prompts(
             data[f"train_{cls}"], n_wrap, seed=cfg.seed, use_shared=cfg.use_shared
         )
+    # the project's own XSTest-like lookalikes are harmless training data too (not wrapped: the
+    # wrapped sample stays as it was, so cached activations of it stay valid)
+    data["train_harmless"] = list(data["train_harmless"]) + lookalikes
     _, test_templates = split_templates(load_templates(cfg.use_shared), 0.5, cfg.seed)
     base = data["test_harmful"][: max(6, n_test // (4 if cfg.quick else 3))]
     jb = template_prompts(base, max_templates=cfg.n_templates, seed=cfg.seed, templates=test_templates)
@@ -193,6 +230,57 @@ def _refusal_direction(harmful: ActivationSet, harmless: ActivationSet, lm: Load
         n_neg=d.n_neg,
         meta={"source": "training prompts, harmful - harmless at t_post_inst", "layers": "all, each its own"},
     )
+
+
+ACTIVATION_GUARDS = {
+    "latent": "Latent Guard (t_inst)",
+    "refusal_dir": "refusal-direction guard (t_post_inst)",
+}
+
+
+def _fit_pair(
+    lm: LoadedModel, tr_h: ActivationSet, tr_s: ActivationSet, method: str, seed: int
+) -> dict[str, LatentGuard]:
+    """The Latent Guard (``t_inst``) and the refusal-direction guard (``t_post_inst``), fitted alike."""
+    layers = [i for i in tr_h.layers if i > 0]
+    sel = [tr_h.layers.index(i) for i in layers]
+    guards: dict[str, LatentGuard] = {}
+    for name, position in (("latent", "t_inst"), ("refusal_dir", "t_post_inst")):
+        guards[name] = fit_from_activations(
+            tr_h.at(position)[:, sel],
+            tr_s.at(position)[:, sel],
+            layers,
+            GuardConfig(method=method, position=position, seed=seed),
+            n_layers=lm.n_layers,
+            fingerprint=lm.fingerprint,
+            template_hash=lm.template_hash,
+            model=lm.spec,
+        )
+    return guards
+
+
+def _seed_spread(
+    lm: LoadedModel,
+    tr_h: ActivationSet,
+    tr_s: ActivationSet,
+    cfg: EvalConfig,
+    data: dict[str, Any],
+    succeeded: list[str],
+    groups: dict[str, list[str]],
+) -> dict[str, Any]:
+    """Both activation guards refitted with split seeds ``0..cfg.seeds-1``: every column per seed."""
+    out: dict[str, Any] = {"seeds": list(range(cfg.seeds)), "rows": []}
+    per: dict[str, list[list[float | None]]] = {k: [] for k in ACTIVATION_GUARDS}
+    chosen: dict[str, list[list[int]]] = {k: [] for k in ACTIVATION_GUARDS}
+    for seed in range(cfg.seeds):
+        guards = _fit_pair(lm, tr_h, tr_s, cfg.method, seed)
+        for key, name in ACTIVATION_GUARDS.items():
+            row = _row(_activation_scorer(name, lm, guards[key], cfg.batch_size), data, succeeded, groups)
+            per[key].append(row["values"])
+            chosen[key].append(list(guards[key].layers))
+    for key, name in ACTIVATION_GUARDS.items():
+        out["rows"].append({"name": name, "values_by_seed": per[key], "layers_by_seed": chosen[key]})
+    return out
 
 
 def _activation_scorer(
@@ -310,8 +398,13 @@ def evaluate_guards(
     *,
     attacked: LoadedModel | None = None,
     progress: Callable[[str], None] | None = None,
+    guard_out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Fit the guards on the training sets and fill the comparison table (and its post-attack rows)."""
+    """Fit the guards on the training sets and fill the comparison table (and its post-attack rows).
+
+    ``guard_out``: where to save the fitted Latent Guard (the table's row), for ``guard check``,
+    ``serve`` or ``benchmarks/guard.py --guard``.
+    """
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
     data = guard_data(cfg)
@@ -319,21 +412,7 @@ def evaluate_guards(
     say = progress or (lambda _m: None)
     say(f"guard eval: {len(data['train_harmful'])}+{len(data['train_harmless'])} training prompts")
     tr_h, tr_s = _training_acts(lm, data, bs)
-    layers = [i for i in tr_h.layers if i > 0]
-    sel = [tr_h.layers.index(i) for i in layers]
-    guards: dict[str, LatentGuard] = {}
-    for name, position in (("latent", "t_inst"), ("refusal_dir", "t_post_inst")):
-        gcfg = GuardConfig(method=cfg.method, position=position, seed=cfg.seed)
-        guards[name] = fit_from_activations(
-            tr_h.at(position)[:, sel],
-            tr_s.at(position)[:, sel],
-            layers,
-            gcfg,
-            n_layers=lm.n_layers,
-            fingerprint=lm.fingerprint,
-            template_hash=lm.template_hash,
-            model=lm.spec,
-        )
+    guards = _fit_pair(lm, tr_h, tr_s, cfg.method, cfg.seed)
     say("guards fitted; judging the model's own answers")
     cache: dict[str, tuple[str, bool, float]] = {}
     own = _refusal_scorer(lm, judge, cfg, cache)
@@ -358,8 +437,8 @@ def evaluate_guards(
         ],
     }
     scorers = [
-        _activation_scorer("Latent Guard (t_inst)", lm, guards["latent"], bs),
-        _activation_scorer("refusal-direction guard (t_post_inst)", lm, guards["refusal_dir"], bs),
+        _activation_scorer(ACTIVATION_GUARDS["latent"], lm, guards["latent"], bs),
+        _activation_scorer(ACTIVATION_GUARDS["refusal_dir"], lm, guards["refusal_dir"], bs),
         own,
         _self_check_scorer(lm, bs),
     ]
@@ -382,6 +461,11 @@ def evaluate_guards(
         "groups": {k: len(v) for k, v in groups.items()},
         "guard": guards["latent"].summary(),
     }
+    if guard_out is not None:
+        result["guard_path"] = str(guards["latent"].save(guard_out))
+    if cfg.seeds > 1:
+        say(f"refitting both activation guards with {cfg.seeds} split seeds")
+        result["seed_spread"] = _seed_spread(lm, tr_h, tr_s, cfg, data, succeeded, groups)
     if cfg.repair:
         say("measuring over-refusal repair")
         refusal = _refusal_direction(tr_h, tr_s, lm)
@@ -404,16 +488,7 @@ def evaluate_guards(
         att_cache: dict[str, tuple[str, bool, float]] = {}
         att_own = _refusal_scorer(attacked, judge, cfg, att_cache)
         a_h, a_s = _training_acts(attacked, data, bs)
-        refit = fit_from_activations(
-            a_h.at("t_inst")[:, sel],
-            a_s.at("t_inst")[:, sel],
-            layers,
-            GuardConfig(method=cfg.method, seed=cfg.seed),
-            n_layers=attacked.n_layers,
-            fingerprint=attacked.fingerprint,
-            template_hash=attacked.template_hash,
-            model=attacked.spec,
-        )
+        refit = _fit_pair(attacked, a_h, a_s, cfg.method, cfg.seed)["latent"]
         att_rows = [
             _row(
                 _activation_scorer(
@@ -528,4 +603,25 @@ def format_table(table: dict[str, Any]) -> str:
     for row in table["rows"]:
         cells = ["-" if v is None else f"{v:.3f}" for v in row["values"]]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_seed_spread(spread: dict[str, Any], columns: Sequence[str]) -> str:
+    """A Markdown table: each column of each activation guard as ``mean [min, max]`` over split seeds."""
+    n = len(spread["seeds"])
+    lines = [
+        f"Over {n} train/validation split seeds ({spread['seeds']}): mean [min, max]",
+        "",
+        "| guard | " + " | ".join(columns) + " | layers per seed |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for row in spread["rows"]:
+        cells = []
+        for j in range(len(columns)):
+            vals = [v[j] for v in row["values_by_seed"] if v[j] is not None]
+            cells.append(f"{np.mean(vals):.3f} [{min(vals):.3f}, {max(vals):.3f}]" if vals else "-")
+        layer_txt = "; ".join(
+            f"{ls[0]}-{ls[-1]}" if len(ls) > 1 else str(ls[0]) for ls in row["layers_by_seed"]
+        )
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {layer_txt} |")
     return "\n".join(lines)

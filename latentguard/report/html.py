@@ -190,6 +190,25 @@ def _rows_table(table: Mapping[str, Any]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _spread_table(spread: Mapping[str, Any], columns: Sequence[str]) -> str:
+    head = "<tr><th>guard</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    body = []
+    for row in spread.get("rows") or ():
+        if not isinstance(row, Mapping):
+            continue
+        cells = []
+        for j in range(len(columns)):
+            vals = [
+                float(v[j])
+                for v in row.get("values_by_seed") or ()
+                if isinstance(v, Sequence) and len(v) > j and isinstance(v[j], (int, float))
+            ]
+            text = f"{sum(vals) / len(vals):.3f} [{min(vals):.3f}, {max(vals):.3f}]" if vals else "-"
+            cells.append(f"<td>{_e(text)}</td>")
+        body.append(f"<tr><th>{_e(row.get('name', ''))}</th>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def _guard_section(guard: Any) -> str | None:
     table = guard.get("table") if isinstance(guard, Mapping) else None
     if not isinstance(table, Mapping) or not table.get("rows"):
@@ -198,6 +217,13 @@ def _guard_section(guard: Any) -> str | None:
     after = table.get("after_attack")
     if isinstance(after, Mapping) and after.get("rows"):
         parts += ["<h3>After the finetuning attack</h3>", _rows_table(after)]
+    spread = table.get("seed_spread")
+    if isinstance(spread, Mapping) and spread.get("rows"):
+        parts += [
+            "<h3>Other train/validation splits</h3><p>Both activation guards refitted with split seeds "
+            f"{_e(spread.get('seeds'))}: mean [min, max] of each column.</p>",
+            _spread_table(spread, [str(c) for c in table.get("columns") or ()]),
+        ]
     repair = table.get("repair")
     if isinstance(repair, Mapping) and repair:
         cols = ("n", "refusal_before", "refusal_after", "guard_flags")
