@@ -10,6 +10,7 @@ from latentguard.guard.table import (
     ACTIVATION_GUARDS,
     COLUMNS,
     EvalConfig,
+    _fit_behaviour,
     _fit_pair,
     _seed_spread,
     _training_acts,
@@ -149,3 +150,22 @@ def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> N
     train = set(data["train_harmful"]) | set(data["train_harmless"])
     for key in ("test_harmful", "test_everyday", "test_xstest"):
         assert data[key] and not (set(data[key]) & train), key
+
+
+def test_behaviour_labelled_refusal_guard_moves_judged_refusals_to_the_refused_side(
+    llama_lm: LoadedModel, tmp_cache: Path
+) -> None:
+    cfg = EvalConfig(quick=True, use_shared=False)
+    data = guard_data(cfg)
+    assert data["train_harmless_lookalike"] and set(data["train_harmless_lookalike"]) <= set(
+        data["train_harmless"]
+    )
+    tr_h, tr_s = _training_acts(llama_lm, data, 16)
+    judged = data["train_harmless_lookalike"] + data["train_harmless_wrapped"]
+    refused = {p: i % 2 == 0 for i, p in enumerate(judged)}
+    guard = _fit_behaviour(llama_lm, tr_h, tr_s, refused, "auto", 0)
+    n_refused = sum(refused.get(p, False) for p in tr_s.instructions)
+    assert guard.position == "t_post_inst" and guard.meta["refused"] == n_refused > 0
+    m = guard.metrics
+    assert m["n_train_harmful"] + m["n_val_harmful"] == len(tr_h.instructions) + n_refused
+    assert m["n_train_harmless"] + m["n_val_harmless"] == len(tr_s.instructions) - n_refused

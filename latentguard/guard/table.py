@@ -136,6 +136,7 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
             "test_harmful": _take(load_shared("harmful_harmbench_test"), n_test, rng),
             "test_everyday": _take(load_shared("harmless_alpaca_val"), n_test, rng),
             "test_xstest": xs[half:][:n_test],
+            "train_harmless_lookalike": xs[:half] + lookalikes,
             "source": "shared",
         }
     else:
@@ -150,6 +151,7 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
             "test_harmful": harmful[cut_h:][:n_test],
             "test_everyday": safe[cut_s:][:n_test],
             "test_xstest": xs[cut_x:][:n_test],
+            "train_harmless_lookalike": xs[:cut_x],
             "source": "builtin",
         }
     from latentguard.analysis.jailbreaks import (
@@ -257,6 +259,40 @@ def _fit_pair(
             model=lm.spec,
         )
     return guards
+
+
+BEHAVIOUR_GUARD = "refusal-direction guard, refused vs accepted labels (t_post_inst)"
+
+
+def _fit_behaviour(
+    lm: LoadedModel,
+    tr_h: ActivationSet,
+    tr_s: ActivationSet,
+    refused: dict[str, bool],
+    method: str,
+    seed: int,
+) -> LatentGuard:
+    """The same method at ``t_post_inst`` on the refusal direction's own labels: refused vs accepted.
+
+    Harmful training prompts count as refused and harmless ones as accepted, except the harmless
+    prompts in ``refused`` (the lookalikes and template-wrapped ones, whose answers were judged): those
+    take the model's behaviour.
+    """
+    layers = [i for i in tr_h.layers if i > 0]
+    sel = [tr_h.layers.index(i) for i in layers]
+    flip = torch.tensor([refused.get(p, False) for p in tr_s.instructions], dtype=torch.bool)
+    acts_h, acts_s = tr_h.at("t_post_inst")[:, sel], tr_s.at("t_post_inst")[:, sel]
+    return fit_from_activations(
+        torch.cat([acts_h, acts_s[flip]]),
+        acts_s[~flip],
+        layers,
+        GuardConfig(method=method, position="t_post_inst", seed=seed),
+        n_layers=lm.n_layers,
+        fingerprint=lm.fingerprint,
+        template_hash=lm.template_hash,
+        model=lm.spec,
+        meta={"labels": "refused vs accepted", "judged_harmless": len(refused), "refused": int(flip.sum())},
+    )
 
 
 def _seed_spread(
@@ -430,6 +466,12 @@ def evaluate_guards(
     }
     _, ref_h = own.score(data["test_harmful"])
     _, ref_s = own.score(data["test_everyday"] + data["test_xstest"])
+    judged = list(dict.fromkeys(data["train_harmless_lookalike"] + data["train_harmless_wrapped"]))
+    say(f"judging the model's answers to {len(judged)} lookalike and wrapped harmless training prompts")
+    _, judged_refused = own.score(judged)
+    guards["refusal_behaviour"] = _fit_behaviour(
+        lm, tr_h, tr_s, dict(zip(judged, map(bool, judged_refused), strict=True)), cfg.method, cfg.seed
+    )
     groups = {
         "accepted_harmful": [p for p, r in zip(data["test_harmful"], ref_h, strict=True) if not r],
         "refused_harmless": [
@@ -439,6 +481,7 @@ def evaluate_guards(
     scorers = [
         _activation_scorer(ACTIVATION_GUARDS["latent"], lm, guards["latent"], bs),
         _activation_scorer(ACTIVATION_GUARDS["refusal_dir"], lm, guards["refusal_dir"], bs),
+        _activation_scorer(BEHAVIOUR_GUARD, lm, guards["refusal_behaviour"], bs),
         own,
         _self_check_scorer(lm, bs),
     ]
@@ -460,6 +503,7 @@ def evaluate_guards(
         "jailbreaks": {"n": kinds, "succeeded": kinds_ok},
         "groups": {k: len(v) for k, v in groups.items()},
         "guard": guards["latent"].summary(),
+        "behaviour_labels": guards["refusal_behaviour"].meta.get("refused"),
     }
     if guard_out is not None:
         result["guard_path"] = str(guards["latent"].save(guard_out))
