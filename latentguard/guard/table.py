@@ -240,25 +240,51 @@ ACTIVATION_GUARDS = {
 }
 
 
+def _fit_at(
+    lm: LoadedModel,
+    pos: ActivationSet,
+    neg: ActivationSet,
+    position: str,
+    method: str,
+    seed: int,
+    *,
+    pos_extra: torch.Tensor | None = None,
+    keep_neg: torch.Tensor | None = None,
+    meta: dict[str, Any] | None = None,
+) -> LatentGuard:
+    """One guard fitted on the decoder blocks' states at ``position`` (embeddings left out).
+
+    ``pos_extra`` (rows of ``neg`` moved to the positive side) and ``keep_neg`` (a mask of the rows of
+    ``neg`` that stay negative) relabel prompts; by default the two sets are taken as they are.
+    """
+    layers = [i for i in pos.layers if i > 0]
+    sel = [pos.layers.index(i) for i in layers]
+    x_pos, x_neg = pos.at(position)[:, sel], neg.at(position)[:, sel]
+    if pos_extra is not None:
+        x_pos = torch.cat([x_pos, x_neg[pos_extra]])
+    if keep_neg is not None:
+        x_neg = x_neg[keep_neg]
+    return fit_from_activations(
+        x_pos,
+        x_neg,
+        layers,
+        GuardConfig(method=method, position=position, seed=seed),
+        n_layers=lm.n_layers,
+        fingerprint=lm.fingerprint,
+        template_hash=lm.template_hash,
+        model=lm.spec,
+        meta=meta,
+    )
+
+
 def _fit_pair(
     lm: LoadedModel, tr_h: ActivationSet, tr_s: ActivationSet, method: str, seed: int
 ) -> dict[str, LatentGuard]:
     """The Latent Guard (``t_inst``) and the refusal-direction guard (``t_post_inst``), fitted alike."""
-    layers = [i for i in tr_h.layers if i > 0]
-    sel = [tr_h.layers.index(i) for i in layers]
-    guards: dict[str, LatentGuard] = {}
-    for name, position in (("latent", "t_inst"), ("refusal_dir", "t_post_inst")):
-        guards[name] = fit_from_activations(
-            tr_h.at(position)[:, sel],
-            tr_s.at(position)[:, sel],
-            layers,
-            GuardConfig(method=method, position=position, seed=seed),
-            n_layers=lm.n_layers,
-            fingerprint=lm.fingerprint,
-            template_hash=lm.template_hash,
-            model=lm.spec,
-        )
-    return guards
+    return {
+        name: _fit_at(lm, tr_h, tr_s, position, method, seed)
+        for name, position in (("latent", "t_inst"), ("refusal_dir", "t_post_inst"))
+    }
 
 
 BEHAVIOUR_GUARD = "refusal-direction guard, refused vs accepted labels (t_post_inst)"
@@ -278,21 +304,9 @@ def _fit_behaviour(
     prompts in ``refused`` (the lookalikes and template-wrapped ones, whose answers were judged): those
     take the model's behaviour.
     """
-    layers = [i for i in tr_h.layers if i > 0]
-    sel = [tr_h.layers.index(i) for i in layers]
     flip = torch.tensor([refused.get(p, False) for p in tr_s.instructions], dtype=torch.bool)
-    acts_h, acts_s = tr_h.at("t_post_inst")[:, sel], tr_s.at("t_post_inst")[:, sel]
-    return fit_from_activations(
-        torch.cat([acts_h, acts_s[flip]]),
-        acts_s[~flip],
-        layers,
-        GuardConfig(method=method, position="t_post_inst", seed=seed),
-        n_layers=lm.n_layers,
-        fingerprint=lm.fingerprint,
-        template_hash=lm.template_hash,
-        model=lm.spec,
-        meta={"labels": "refused vs accepted", "judged_harmless": len(refused), "refused": int(flip.sum())},
-    )
+    meta = {"labels": "refused vs accepted", "judged_harmless": len(refused), "refused": int(flip.sum())}
+    return _fit_at(lm, tr_h, tr_s, "t_post_inst", method, seed, pos_extra=flip, keep_neg=~flip, meta=meta)
 
 
 def _seed_spread(
@@ -532,7 +546,7 @@ def evaluate_guards(
         att_cache: dict[str, tuple[str, bool, float]] = {}
         att_own = _refusal_scorer(attacked, judge, cfg, att_cache)
         a_h, a_s = _training_acts(attacked, data, bs)
-        refit = _fit_pair(attacked, a_h, a_s, cfg.method, cfg.seed)["latent"]
+        refit = _fit_at(attacked, a_h, a_s, "t_inst", cfg.method, cfg.seed)
         att_rows = [
             _row(
                 _activation_scorer(
