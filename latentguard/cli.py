@@ -341,6 +341,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         wrap_templates=args.wrap_templates,
+        suffix_prompts=args.suffix_prompts,
         probe_window=args.probe_window,
     )
     guard = fit_guard(lm, harmful, harmless, cfg)
@@ -468,6 +469,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     from latentguard.guard.table import (
         EvalConfig,
         evaluate_guards,
+        format_comparison,
         format_repair,
         format_seed_spread,
         format_table,
@@ -483,6 +485,9 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         use_shared=not args.builtin_only,
         method=args.method,
         seeds=args.seeds,
+        n_gcg=args.gcg,
+        n_train_suffixed=args.train_suffixed,
+        gcg_steps=args.gcg_steps,
     )
     out = Path(args.out)
     table = evaluate_guards(
@@ -496,6 +501,9 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
     text = format_table(table)
+    if table.get("comparison"):
+        text += "\n\nThe Latent Guard against each other guard, prompt by prompt (exact McNemar test):\n\n"
+        text += format_comparison(table["comparison"])
     if "seed_spread" in table:
         text += "\n\nRefitted with other train/validation splits. " + format_seed_spread(
             table["seed_spread"], table["columns"]
@@ -670,6 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also train on N prompts per class wrapped in jailbreak templates (recommended: 160)",
     )
+    p.add_argument(
+        "--suffix-prompts",
+        type=int,
+        default=0,
+        help="also train on N prompts per class followed by random-token suffixes (against GCG suffixes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_guard_fit)
@@ -711,6 +725,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="refit both activation guards with this many split seeds and report the spread (1 = off)",
+    )
+    p.add_argument(
+        "--gcg", type=int, default=8, help="harmful test prompts attacked with GCG suffixes (0: none)"
+    )
+    p.add_argument("--gcg-steps", type=int, default=20, help="GCG steps per prompt (results are cached)")
+    p.add_argument(
+        "--train-suffixed",
+        type=int,
+        default=0,
+        help="training prompts per class also given random-token suffixes (against GCG suffixes)",
     )
     p.add_argument("--builtin-only", action="store_true")
     p.set_defaults(func=cmd_guard_eval)

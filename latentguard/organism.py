@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from latentguard.activations import _atomic_write_text, decoder_of
-from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared
+from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared, without
 from latentguard.generation import GenerationConfig, generate, stop_token_ids
 from latentguard.models import LoadedModel, ModelLoadError, cache_dir, load, save_model_dir
 from latentguard.positions import locate_many
@@ -39,7 +39,8 @@ from latentguard.positions import locate_many
 logger = logging.getLogger(__name__)
 
 #: Bump when the recipe changes, so cached organisms are rebuilt.
-RECIPE_VERSION = 2
+#: 3: HarmBench-test prompts (TDC 2023 shares 30 behaviours with them) are kept out of training.
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -333,9 +334,13 @@ def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) 
     sources = {"harmful": ["builtin:harmful (train split)"], "harmless": ["builtin:harmless (train split)"]}
     if cfg.extra_shared:
         rng = random.Random(cfg.seed)
+        # HarmBench test is the evaluation set everywhere; TDC 2023 repeats 30 of its prompts
+        test = [r.instruction for r in load_shared("harmful_harmbench_test") or []]
         for name, n in cfg.shared_harmful:
             rows = list(load_shared(name) or [])
             rng.shuffle(rows)
+            first = {r.instruction: r for r in reversed(rows)}
+            rows = [first[t] for t in without([r.instruction for r in rows], test)]
             harm_train += rows[:n]
             if rows:
                 sources["harmful"].append(f"shared:{name} ({min(n, len(rows))} rows)")

@@ -312,6 +312,13 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
     assert wrapped.metrics["n_train_harmful"] + wrapped.metrics["n_val_harmful"] == n_plain + added["harmful"]
     with pytest.raises(ValueError, match="wrap_templates"):
         GuardConfig(wrap_templates=-1)
+    suffixed = fit_guard(
+        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, suffix_prompts=3)
+    )
+    assert suffixed.meta["suffixed_training_prompts"] == {"harmful": 3, "harmless": 3}
+    assert suffixed.metrics["n_train_harmful"] + suffixed.metrics["n_val_harmful"] == n_plain + 3
+    with pytest.raises(ValueError, match="suffix_prompts"):
+        GuardConfig(suffix_prompts=-1)
 
 
 # --------------------------------------------------------------------------- persistence

@@ -120,7 +120,7 @@ def test_seed_spread_refits_both_activation_guards(llama_lm: LoadedModel, tmp_ca
 
 
 def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> None:
-    from latentguard.data import builtin, load_shared
+    from latentguard.data import builtin, load_shared, text_key
 
     if load_shared("harmful_harmbench_test") is None:
         pytest.skip("../shared/data is not present")
@@ -128,11 +128,8 @@ def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> N
     lookalikes = [r.instruction for r in builtin("xstest_like")]
     assert set(lookalikes) <= set(data["train_harmless"])
 
-    def key(t: str) -> str:
-        return " ".join(t.casefold().split())
-
     every = {
-        key(r.instruction)
+        text_key(r.instruction)
         for n in (
             "harmful_advbench",
             "harmful_catqa",
@@ -142,9 +139,9 @@ def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> N
         )
         for r in load_shared(n) or []
     }
-    test = {key(r.instruction) for r in load_shared("harmful_harmbench_test") or []}
+    test = {text_key(r.instruction) for r in load_shared("harmful_harmbench_test") or []}
     assert every & test  # TDC 2023 shares behaviours with HarmBench test...
-    train_keys = [key(t) for t in data["train_harmful"]]
+    train_keys = [text_key(t) for t in data["train_harmful"]]
     assert len(train_keys) == len(set(train_keys))  # ...which are dropped, as are repeats
     assert set(train_keys) == every - test
     train = set(data["train_harmful"]) | set(data["train_harmless"])
@@ -169,3 +166,86 @@ def test_behaviour_labelled_refusal_guard_moves_judged_refusals_to_the_refused_s
     m = guard.metrics
     assert m["n_train_harmful"] + m["n_val_harmful"] == len(tr_h.instructions) + n_refused
     assert m["n_train_harmless"] + m["n_val_harmless"] == len(tr_s.instructions) - n_refused
+
+
+def test_mcnemar_p_matches_the_binomial_tail() -> None:
+    from latentguard.guard.table import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(4, 4) == 1.0
+    assert mcnemar_p(5, 0) == pytest.approx(2 / 32) == mcnemar_p(0, 5)
+    assert mcnemar_p(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_paired_comparison_counts_discordant_prompts_by_column_meaning() -> None:
+    from latentguard.guard.table import format_comparison, paired_comparison
+
+    ours = ACTIVATION_GUARDS["latent"]
+    table = {
+        "columns": list(COLUMNS),
+        "rows": [
+            {
+                "name": ours,
+                "flags": {"TPR harmful": [True, True, False], "FPR everyday": [False, False, True]},
+            },
+            {
+                "name": "other",
+                "flags": {"TPR harmful": [True, False, False], "FPR everyday": [True, True, True]},
+            },
+            {"name": "no flags", "values": []},
+        ],
+    }
+    comp = paired_comparison(table)
+    by_col = {c["column"]: c for c in comp}
+    assert {c["other"] for c in comp} == {"other"}
+    # harmful column: flagging is right; everyday column: not flagging is right
+    assert (by_col["TPR harmful"]["only_ours_correct"], by_col["TPR harmful"]["only_theirs_correct"]) == (
+        1,
+        0,
+    )
+    assert (by_col["FPR everyday"]["only_ours_correct"], by_col["FPR everyday"]["only_theirs_correct"]) == (
+        2,
+        0,
+    )
+    assert by_col["FPR everyday"]["ours"] == pytest.approx(1 / 3) and by_col["FPR everyday"]["theirs"] == 1.0
+    assert paired_comparison(table, columns=["TPR harmful"])[0]["column"] == "TPR harmful"
+    assert format_comparison(comp).count("\n") == 1 + len(comp)
+    with pytest.raises(KeyError, match="no flags"):
+        paired_comparison(table, ours="no flags")
+
+
+class _FirstWordJudge:
+    """Refused iff the answer's first character is in the first half of the alphabet (deterministic)."""
+
+    name = "test"
+
+    def judge(self, responses: list[str], instructions: list[str] | None = None) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(refused=r[:1].lower() < "n", score=0.5) for r in responses]
+
+
+def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_cache: Path) -> None:
+    from latentguard.guard.fit import LatentGuard
+    from latentguard.guard.table import BAR_COLUMNS, evaluate_guards
+
+    cfg = EvalConfig(quick=True, use_shared=False, seeds=1, repair=False, n_gcg=1, gcg_steps=1)
+    said: list[str] = []
+    out = evaluate_guards(llama_lm, _FirstWordJudge(), cfg, progress=said.append, guard_out=tmp_cache / "g")
+    assert any(m.startswith("GCG") for m in said)
+    assert out["jailbreaks"]["n"]["gcg"] == 1 and out["jailbreaks"]["n"]["template"] > 0
+    names = [r["name"] for r in out["rows"]]
+    assert names[0] == ACTIVATION_GUARDS["latent"] and len(set(names)) == len(names)
+    for row in out["rows"]:
+        assert len(row["values"]) == len(COLUMNS)
+        assert all(v is None or 0.0 <= v <= 1.0 for v in row["values"])
+    # the table's value is the mean of the per-prompt flags behind it
+    latent = out["rows"][0]
+    flags = latent["flags"]["TPR harmful"]
+    assert latent["values"][0] == pytest.approx(sum(flags) / len(flags))
+    assert {c["column"] for c in out["comparison"]} <= set(BAR_COLUMNS)
+    assert {c["other"] for c in out["comparison"]} >= {ACTIVATION_GUARDS["refusal_dir"]}
+    saved = LatentGuard.load(out["guard_path"])
+    assert list(saved.layers) == out["guard"]["layers"] and saved.position == "t_inst"
+    # a second run reuses the cached GCG prompt: same jailbreak set, same decisions
+    again = evaluate_guards(llama_lm, _FirstWordJudge(), cfg)
+    assert again["rows"][0]["flags"] == latent["flags"]

@@ -193,6 +193,58 @@ def test_gcg_prompts_tiny(gcg_lm: Any) -> None:
         gcg_prompts(gcg_lm, INSTRUCTIONS, cfg, targets=["Sure"])
 
 
+def test_random_suffix_prompts_are_seeded_printable_and_move_t_inst(gcg_lm: Any) -> None:
+    from latentguard.analysis.jailbreaks import random_suffix_prompts
+    from latentguard.positions import locate
+
+    a = random_suffix_prompts(gcg_lm, INSTRUCTIONS, 2, seed=3, suffix_len=6)
+    assert a == random_suffix_prompts(gcg_lm, INSTRUCTIONS, 2, seed=3, suffix_len=6)
+    assert a != random_suffix_prompts(gcg_lm, INSTRUCTIONS, 2, seed=4, suffix_len=6)
+    assert sorted(p.split(" ")[0] for p in a) == sorted(i.split(" ")[0] for i in INSTRUCTIONS)
+    for p in a:
+        inst = next(i for i in INSTRUCTIONS if p.startswith(i + " "))
+        suffix = p[len(inst) :]
+        assert suffix.isascii() and suffix.isprintable() and len(suffix.strip()) >= 6
+        # the suffix is part of the instruction: t_inst moves to its end
+        assert locate(gcg_lm.tokenizer, p).t_inst > locate(gcg_lm.tokenizer, inst).t_inst
+    assert random_suffix_prompts(gcg_lm, INSTRUCTIONS, 0) == []
+    assert len(random_suffix_prompts(gcg_lm, INSTRUCTIONS, 99)) == len(INSTRUCTIONS)
+    with pytest.raises(ValueError):
+        random_suffix_prompts(gcg_lm, INSTRUCTIONS, -1)
+
+
+def test_gcg_prompts_cache_resumes_and_ignores_corrupt_files(
+    gcg_lm: Any, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import latentguard.analysis.jailbreaks as jbmod
+
+    cfg = GCGConfig(steps=2, search_width=8, topk=8, suffix_len=4, seed=1)
+    first = gcg_prompts(gcg_lm, INSTRUCTIONS[:1], cfg, cache=True)
+    files = sorted((tmp_cache / "gcg").glob("*.json"))
+    assert len(files) == 1
+    calls: list[str] = []
+    real = jbmod._run_gcg
+
+    def counting(lm: Any, inst: str, *args: Any) -> Any:
+        calls.append(inst)
+        return real(lm, inst, *args)
+
+    monkeypatch.setattr(jbmod, "_run_gcg", counting)
+    # the cached instruction is not optimised again; the new one is, and is cached in turn
+    both = gcg_prompts(gcg_lm, INSTRUCTIONS, cfg, cache=True)
+    assert calls == [INSTRUCTIONS[1]] and both[0].prompt == first[0].prompt
+    assert len(list((tmp_cache / "gcg").glob("*.json"))) == 2
+    # another config is another cache entry; a corrupt entry is recomputed, not trusted
+    gcg_prompts(
+        gcg_lm, INSTRUCTIONS[:1], GCGConfig(steps=1, search_width=8, topk=8, suffix_len=4), cache=True
+    )
+    assert calls[-1] == INSTRUCTIONS[0]
+    files[0].write_text("{not json", encoding="utf-8")
+    again = gcg_prompts(gcg_lm, INSTRUCTIONS[:1], cfg, cache=True)
+    assert len(calls) == 3 and again[0].prompt == first[0].prompt
+    assert not list((tmp_cache / "gcg").glob(".*"))  # no temporary files left behind
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 @pytest.mark.parametrize("cache", [True, False])
 def test_gcg_initial_loss_matches_plain_forward(base_tokenizer: Any, arch: str, cache: bool) -> None:

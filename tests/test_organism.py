@@ -10,7 +10,14 @@ import torch
 from latentguard.behaviour import GROUPS, BehaviourGroups, label
 from latentguard.data import Example
 from latentguard.models import LoadedModel, ModelLoadError, load, wrap
-from latentguard.organism import _epoch_batches, _lora_train, _split, build_examples
+from latentguard.organism import (
+    AlignConfig,
+    _epoch_batches,
+    _lora_train,
+    _split,
+    _training_data,
+    build_examples,
+)
 
 
 class KeywordJudge:
@@ -176,6 +183,28 @@ def test_split_is_stratified_and_deterministic() -> None:
     tr2, he2 = _split(rows, 0.2, 0)
     assert tr1 == tr2 and he1 == he2 and len(he1) == 4
     assert {e.category for e in he1} == {"a", "b"}
+
+
+def test_recipe_never_trains_on_harmbench_test() -> None:
+    from latentguard.data import load_shared, text_key
+
+    test = load_shared("harmful_harmbench_test")
+    if test is None:
+        pytest.skip("../shared/data is not present")
+    cfg = AlignConfig()
+    data = _training_data(cfg, None, None)
+    keys = [text_key(t) for t in data["harm_train"]]
+    assert not set(keys) & {text_key(r.instruction) for r in test}
+    # each shared set still gives the rows the recipe asks for
+    n_builtin = len(_training_data(AlignConfig(extra_shared=False), None, None)["harm_train"])
+    assert len(keys) == n_builtin + sum(n for _, n in cfg.shared_harmful)
+
+
+def test_without_drops_excluded_and_repeats() -> None:
+    from latentguard.data import without
+
+    assert without(["Make X", "make  x", "Y", "z"], ["Z"]) == ["Make X", "Y"]
+    assert without([]) == []
 
 
 def test_label_groups_roundtrip(tiny_lm: LoadedModel, tmp_path: Path) -> None:

@@ -577,9 +577,22 @@ def test_report_shows_after_attack_and_repair_tables(summary: dict[str, Any], tm
     table = summary["guard"]["table"]
     table["after_attack"] = {"columns": table["columns"], "rows": [{"name": "refitted", "values": [0.9]}]}
     table["repair"] = {"XSTest-style (test)": {"n": 75, "refusal_before": 0.5, "refusal_after": 0.1}}
+    table["comparison"] = [
+        {
+            "other": "text classifier",
+            "column": "FPR XSTest-style",
+            "n": 75,
+            "ours": 0.05,
+            "theirs": 0.2,
+            "only_ours_correct": 12,
+            "only_theirs_correct": 1,
+            "p": 0.0034,
+        }
+    ]
     html = write_report(summary, tmp_path, figures=[]).read_text(encoding="utf-8")
     assert "After the finetuning attack" in html and "refitted" in html
     assert "Over-refusal repair" in html and "XSTest-style (test)" in html
+    assert "Prompt by prompt" in html and "<th>text classifier</th><td>FPR XSTest-style</td>" in html
 
 
 def test_study_guard_section_checks_the_model(tmp_path: Path) -> None:
@@ -588,10 +601,12 @@ def test_study_guard_section_checks_the_model(tmp_path: Path) -> None:
     from latentguard.analysis.study import _guard_section
 
     path = tmp_path / "guard_eval.json"
-    path.write_text(json.dumps({"columns": ["a"], "rows": [], "guard": {"fingerprint": "abc"}, "x": 1}))
+    rows = [{"name": "g", "values": [0.5], "flags": {"a": [True, False]}}]
+    path.write_text(json.dumps({"columns": ["a"], "rows": rows, "guard": {"fingerprint": "abc"}, "x": 1}))
+    # the per-prompt flags stay in guard_eval.json
     assert _guard_section(str(path), "abc")["table"] == {
         "columns": ["a"],
-        "rows": [],
+        "rows": [{"name": "g", "values": [0.5]}],
         "guard": {"fingerprint": "abc"},
     }
     with pytest.raises(ValueError, match="not on the model under study"):

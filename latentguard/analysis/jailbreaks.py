@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import json
 import logging
@@ -38,14 +39,16 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from latentguard.activations import _atomic_write_text
 from latentguard.data import DataError, builtin_rows, shared_data_dir, wrap_template
-from latentguard.models import LoadedModel
+from latentguard.models import LoadedModel, cache_dir
 from latentguard.positions import render, template_frame
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "gcg_prompts",
     "load_templates",
     "persuasion_prompts",
+    "random_suffix_prompts",
     "split_templates",
     "template_prompts",
     "wrapped_training_prompts",
@@ -188,6 +192,39 @@ def wrapped_training_prompts(
     train, _ = split_templates(load_templates(use_shared), 0.5, seed)
     picked = random.Random(seed).sample(list(instructions), min(n, len(instructions)))
     return [wrap_template(train[i % len(train)][1], inst) for i, inst in enumerate(picked)]
+
+
+def random_suffix_prompts(
+    lm: LoadedModel, instructions: Sequence[str], n: int, *, seed: int = 0, suffix_len: int = 12
+) -> list[str]:
+    """``n`` of ``instructions`` (sampled by ``seed``), each followed by a suffix of ``suffix_len``
+    random tokens from GCG's search space (printable ASCII, not special; the first starts with a space).
+
+    For training a guard that reads the request through an adversarial suffix: the suffix moves
+    ``t_inst`` to its last token, as a GCG suffix does, but is not optimised against the model, so the
+    GCG test prompts stay unseen.
+
+    Example:
+        >>> random_suffix_prompts(lm, ["Say hi"], 1)[0].startswith("Say hi ")   # doctest: +SKIP
+        True
+    """
+    _check_instructions(instructions)
+    if n < 0 or suffix_len < 1:
+        raise ValueError(f"n must be >= 0 and suffix_len >= 1, got {n} and {suffix_len}")
+    picked = random.Random(seed).sample(list(instructions), min(n, len(instructions)))
+    if not picked:
+        return []
+    allowed, first = _allowed_tokens(lm.tokenizer, _embeddings(lm).weight.shape[0])
+    pool, starts = allowed.nonzero().flatten(), first.nonzero().flatten()
+    if not len(pool) or not len(starts):
+        raise ValueError("the tokenizer has no printable tokens to build a suffix from")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for inst in picked:
+        head = starts[torch.randint(len(starts), (1,), generator=gen)]
+        rest = pool[torch.randint(len(pool), (suffix_len - 1,), generator=gen)]
+        out.append(inst + _decode(lm.tokenizer, torch.cat([head, rest]).tolist()))
+    return out
 
 
 def template_prompts(
@@ -715,6 +752,8 @@ def gcg_prompts(
     instructions: Sequence[str],
     config: GCGConfig | None = None,
     targets: Sequence[str] | None = None,
+    *,
+    cache: bool = False,
 ) -> list[JailbreakPrompt]:
     """Run :func:`gcg_attack` on each instruction and return the suffixed prompts.
 
@@ -723,6 +762,9 @@ def gcg_prompts(
         instructions: The instructions to attack.
         config: Options; defaults to :class:`GCGConfig`.
         targets: One target per instruction; defaults to :func:`default_target` for all.
+        cache: Keep each optimised prompt on disk (``cache_dir()/gcg``, one JSON file per instruction,
+            keyed by the model fingerprint, instruction, target and config, written atomically), so a
+            repeated or killed run does not optimise it again.
 
     Returns:
         One ``kind="gcg"`` prompt per instruction, in input order.
@@ -742,6 +784,11 @@ def gcg_prompts(
     masks = _allowed_tokens(lm.tokenizer, vocab)
     out: list[JailbreakPrompt] = []
     for i, (inst, target) in enumerate(zip(instructions, targets, strict=True)):
+        path = _gcg_cache_path(lm, inst, target, cfg) if cache else None
+        cached = _read_gcg_cache(path)
+        if cached is not None:
+            out.append(JailbreakPrompt("gcg", "gcg", inst, cached))
+            continue
         result = _run_gcg(lm, inst, target, cfg, masks)
         logger.info(
             "GCG %d/%d: loss %.4f, success %s",
@@ -751,4 +798,25 @@ def gcg_prompts(
             result.success_by_target,
         )
         out.append(JailbreakPrompt("gcg", "gcg", inst, result.prompt))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"instruction": inst, "prompt": result.prompt, "loss": result.loss}
+            _atomic_write_text(path, json.dumps(record | {"success": result.success_by_target}))
     return out
+
+
+def _gcg_cache_path(lm: LoadedModel, instruction: str, target: str, config: GCGConfig) -> Path:
+    payload = json.dumps([lm.fingerprint, instruction, target, asdict(config)], sort_keys=True)
+    return cache_dir() / "gcg" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
+
+
+def _read_gcg_cache(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        prompt = record["prompt"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        logger.warning("ignoring corrupt GCG cache %s", path)
+        return None
+    return prompt if isinstance(prompt, str) and prompt else None

@@ -256,8 +256,17 @@ def _guard_section(path: str, fingerprint: str) -> dict[str, Any]:
         "groups",
         "data",
         "guard",
+        "comparison",
     )
-    return {"table": {k: table[k] for k in keep if k in table}, "source": str(path)}
+    kept = {k: table[k] for k in keep if k in table}
+    # per-prompt decisions stay in guard_eval.json; the summary keeps the numbers
+    for part in (kept, kept.get("after_attack")):
+        if isinstance(part, dict) and isinstance(part.get("rows"), list):
+            part["rows"] = [
+                {k: v for k, v in r.items() if k != "flags"} if isinstance(r, dict) else r
+                for r in part["rows"]
+            ]
+    return {"table": kept, "source": str(path)}
 
 
 def run_study(
@@ -400,7 +409,7 @@ def _jailbreaks(
     n_gcg = cfg.pick(1, 2, cfg.gcg_prompts)
     if n_gcg:
         gcfg = GCGConfig(steps=cfg.pick(4, 20, cfg.gcg_steps), search_width=cfg.pick(16, 48), seed=cfg.seed)
-        prompts += gcg_prompts(lm, base[:n_gcg], gcfg)
+        prompts += gcg_prompts(lm, base[:n_gcg], gcfg, cache=True)
     texts = [p.prompt for p in prompts]
     responses = generate(lm, texts, GenerationConfig(max_new_tokens=cfg.max_new_tokens, progress=False))
     verdicts = judge.judge(responses, texts)

@@ -577,3 +577,32 @@ def wrap_template(template: str, instruction: str) -> str:
     return template.replace(JAILBREAK_PLACEHOLDER, INSTRUCTION_PLACEHOLDER).replace(
         INSTRUCTION_PLACEHOLDER, instruction
     )
+
+
+def text_key(text: str) -> str:
+    """A comparison key for prompts: case-folded, runs of whitespace collapsed.
+
+    Example:
+        >>> text_key("  Write a   Poem ") == text_key("write a poem")
+        True
+    """
+    return " ".join(text.casefold().split())
+
+
+def without(texts: Sequence[str], excluded: Iterable[str] = ()) -> list[str]:
+    """``texts`` in order, minus those in ``excluded`` and repeats (compared by :func:`text_key`).
+
+    Used to keep test prompts out of every training set.
+
+    Example:
+        >>> without(["a", "B", "b", "c"], excluded=["C"])
+        ['a', 'B']
+    """
+    seen = {text_key(t) for t in excluded}
+    out = []
+    for t in texts:
+        k = text_key(t)
+        if k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out

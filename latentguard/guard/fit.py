@@ -124,6 +124,13 @@ class GuardConfig:
             "templates (the train half of split_templates), so the guard reads the request, not the wrapper"
         },
     )
+    suffix_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "fit_guard: also train on this many prompts of each class followed by a suffix of "
+            "random tokens (GCG's search space), so the guard reads the request through adversarial suffixes"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward during extraction"})
     progress: bool = field(default=False, metadata={"help": "show an extraction progress bar"})
 
@@ -142,8 +149,10 @@ class GuardConfig:
             raise ValueError(f"probe_window must be >= 1, got {self.probe_window}")
         if not 0.0 <= self.layer_tolerance < 1.0:
             raise ValueError(f"layer_tolerance must be in [0, 1), got {self.layer_tolerance}")
-        if self.wrap_templates < 0:
-            raise ValueError(f"wrap_templates must be >= 0, got {self.wrap_templates}")
+        if self.wrap_templates < 0 or self.suffix_prompts < 0:
+            raise ValueError(
+                f"wrap_templates and suffix_prompts must be >= 0, got {self.wrap_templates} and {self.suffix_prompts}"
+            )
         if self.layers is not None and not self.layers:
             raise ValueError("layers must be None (all) or a non-empty tuple")
 
@@ -752,7 +761,8 @@ def fit_from_activations(
         **(meta or {}),
     }
     logger.info(
-        "latent guard: %s on layers %s, val AUROC %.4f, TPR %.3f at FPR %.3f (threshold %.4g)",
+        "guard at %s: %s on layers %s, val AUROC %.4f, TPR %.3f at FPR %.3f (threshold %.4g)",
+        guard.position,
         guard.method,
         guard.layers,
         best.auroc,
@@ -839,6 +849,14 @@ def fit_guard(
         if w_neg:
             neg = torch.cat([neg, extract(lm, w_neg, ecfg).at(cfg.position)])
         meta["wrapped_training_prompts"] = {"harmful": len(w_pos), "harmless": len(w_neg)}
+    if cfg.suffix_prompts:
+        from latentguard.analysis.jailbreaks import random_suffix_prompts
+
+        s_pos = random_suffix_prompts(lm, harmful, cfg.suffix_prompts, seed=cfg.seed)
+        s_neg = random_suffix_prompts(lm, harmless, cfg.suffix_prompts, seed=cfg.seed)
+        pos = torch.cat([pos, extract(lm, s_pos, ecfg).at(cfg.position)])
+        neg = torch.cat([neg, extract(lm, s_neg, ecfg).at(cfg.position)])
+        meta["suffixed_training_prompts"] = {"harmful": len(s_pos), "harmless": len(s_neg)}
     return fit_from_activations(
         pos,
         neg,

@@ -224,6 +224,25 @@ def _guard_section(guard: Any) -> str | None:
             f"{_e(spread.get('seeds'))}: mean [min, max] of each column.</p>",
             _spread_table(spread, [str(c) for c in table.get("columns") or ()]),
         ]
+    comparison = table.get("comparison")
+    if isinstance(comparison, Sequence) and comparison:
+        ccols = ("n", "ours", "theirs", "only_ours_correct", "only_theirs_correct", "p")
+        head = (
+            "<tr><th>other guard</th><th>column</th><th>n</th><th>Latent Guard</th><th>other</th>"
+            "<th>only Latent Guard right</th><th>only other right</th><th>McNemar p</th></tr>"
+        )
+        body = [
+            f"<tr><th>{_e(c.get('other', ''))}</th><td>{_e(c.get('column', ''))}</td>"
+            + "".join(_cell(c.get(k)) for k in ccols)
+            + "</tr>"
+            for c in comparison
+            if isinstance(c, Mapping)
+        ]
+        parts += [
+            "<h3>Prompt by prompt</h3><p>The Latent Guard against each other guard on the same prompts, "
+            "with an exact McNemar test on the prompts only one of them gets right.</p>",
+            f"<table>{head}{''.join(body)}</table>",
+        ]
     repair = table.get("repair")
     if isinstance(repair, Mapping) and repair:
         cols = ("n", "refusal_before", "refusal_after", "guard_flags")
