@@ -800,8 +800,13 @@ def gcg_prompts(
         out.append(JailbreakPrompt("gcg", "gcg", inst, result.prompt))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            record = {"instruction": inst, "prompt": result.prompt, "loss": result.loss}
-            _atomic_write_text(path, json.dumps(record | {"success": result.success_by_target}))
+            record = {
+                "instruction": inst,
+                "prompt": result.prompt,
+                "loss": result.loss,
+                "success": result.success_by_target,
+            }
+            _atomic_write_text(path, json.dumps(record))
     return out
 
 

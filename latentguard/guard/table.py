@@ -220,6 +220,11 @@ def _add_suffixed(lm: LoadedModel, data: dict[str, Any], cfg: EvalConfig) -> Non
 _EXTRA_TRAINING = ("wrapped", "suffixed")
 
 
+def _training_prompts(data: dict[str, Any], cls: str) -> list[str]:
+    """Every training prompt of a class: the plain ones, then each extra set, in :func:`_training_acts`'s order."""
+    return [p for key in ("", *(f"_{e}" for e in _EXTRA_TRAINING)) for p in data.get(f"train_{cls}{key}", [])]
+
+
 def _acts(lm: LoadedModel, prompts: Sequence[str], bs: int) -> ActivationSet:
     return extract(lm, list(prompts), ExtractConfig(batch_size=bs, progress=False))
 
@@ -455,23 +460,13 @@ def _row(
         v = float(np.mean(x.astype(float)))
         return 1 - v if invert else v
 
-    decided = (d_h, d_w, d_j, d_e, d_x, d_we, d_ah, d_rs)
+    # the per-prompt harmful decisions behind every column but the last two (kept for paired tests)
+    decided = dict(zip(COLUMNS[:-2], (d_h, d_w, d_j, d_e, d_x, d_we, d_ah, d_rs), strict=True))
     return {
         "name": sc.name,
-        # per-prompt harmful decisions behind the first columns, for paired comparisons
-        "flags": {c: [bool(v) for v in d] for c, d in zip(COLUMNS, decided, strict=False)},
-        "values": [
-            mean(d_h),
-            mean(d_w),
-            mean(d_j),
-            mean(d_e),
-            mean(d_x),
-            mean(d_we),
-            mean(d_ah),
-            mean(d_rs, invert=True),
-            auroc(scores, labels),
-            tpr_at_fpr(scores, labels, 0.01),
-        ],
+        "flags": {c: [bool(v) for v in d] for c, d in decided.items()},
+        "values": [mean(d, invert=c == "acc refused-harmless") for c, d in decided.items()]
+        + [auroc(scores, labels), tpr_at_fpr(scores, labels, 0.01)],
     }
 
 
@@ -516,14 +511,11 @@ def evaluate_guards(
     }
     _, ref_h = own.score(data["test_harmful"])
     _, ref_s = own.score(data["test_everyday"] + data["test_xstest"])
-    judged = list(
-        dict.fromkeys(
-            data["train_harmless_lookalike"]
-            + data["train_harmless_wrapped"]
-            + data.get("train_harmless_suffixed", [])
-        )
+    extra = [p for e in _EXTRA_TRAINING for p in data.get(f"train_harmless_{e}", [])]
+    judged = list(dict.fromkeys(data["train_harmless_lookalike"] + extra))
+    say(
+        f"judging the model's answers to {len(judged)} lookalike and wrapped/suffixed harmless training prompts"
     )
-    say(f"judging the model's answers to {len(judged)} lookalike and wrapped harmless training prompts")
     _, judged_refused = own.score(judged)
     guards["refusal_behaviour"] = _fit_behaviour(
         lm, tr_h, tr_s, dict(zip(judged, map(bool, judged_refused), strict=True)), cfg.method, cfg.seed
@@ -541,14 +533,7 @@ def evaluate_guards(
         own,
         _self_check_scorer(lm, bs),
     ]
-    text = _text_scorer(
-        [p for key in ("", *(f"_{e}" for e in _EXTRA_TRAINING)) for p in data.get(f"train_harmful{key}", [])],
-        [
-            p
-            for key in ("", *(f"_{e}" for e in _EXTRA_TRAINING))
-            for p in data.get(f"train_harmless{key}", [])
-        ],
-    )
+    text = _text_scorer(_training_prompts(data, "harmful"), _training_prompts(data, "harmless"))
     if text is not None:
         scorers.append(text)
     rows = []
