@@ -331,6 +331,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
 
     harmful = _instructions(args.harmful, args.limit)
     harmless = _instructions(args.harmless, args.limit)
+    lookalikes = _instructions(args.lookalikes, args.limit) if args.lookalikes else []
     lm = _load_model(args)
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     cfg = GuardConfig(
@@ -343,8 +344,9 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
         wrap_templates=args.wrap_templates,
         suffix_prompts=args.suffix_prompts,
         probe_window=args.probe_window,
+        lookalike_weight=args.lookalike_weight,
     )
-    guard = fit_guard(lm, harmful, harmless, cfg)
+    guard = fit_guard(lm, harmful, harmless, cfg, lookalikes=lookalikes)
     path = guard.save(args.out)
     _print_json({"out": str(path), **guard.summary()})
     return 0
@@ -487,6 +489,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         n_gcg=args.gcg,
         n_train_suffixed=args.train_suffixed,
+        lookalike_weight=args.lookalike_weight,
         gcg_steps=args.gcg_steps,
     )
     out = Path(args.out)
@@ -682,7 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--suffix-prompts",
         type=int,
         default=0,
-        help="also train on N prompts per class followed by random-token suffixes (against GCG suffixes)",
+        help="also train on N prompts per class followed by random-token suffixes (against GCG suffixes; "
+        "they train the guard but do not set its threshold)",
+    )
+    p.add_argument(
+        "--lookalikes",
+        default=None,
+        help="more harmless prompts that only look unsafe, weighted in training (e.g. builtin:xstest_like)",
+    )
+    p.add_argument(
+        "--lookalike-weight", type=float, default=3.0, help="training weight of the --lookalikes prompts"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
@@ -733,8 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-suffixed",
         type=int,
-        default=0,
-        help="training prompts per class also given random-token suffixes (against GCG suffixes)",
+        default=60,
+        help="training prompts per class also given random-token suffixes (against GCG suffixes; "
+        "they train the activation guards but do not set their thresholds)",
+    )
+    p.add_argument(
+        "--lookalike-weight",
+        type=float,
+        default=3.0,
+        help="training weight of the harmless lookalikes (XSTest-style prompts) in the activation guards",
     )
     p.add_argument("--builtin-only", action="store_true")
     p.set_defaults(func=cmd_guard_eval)

@@ -56,7 +56,7 @@ def test_builtin_harmful_counts_and_categories() -> None:
     assert [harmful[i * 20].category for i in range(11)] == list(HARM_CATEGORIES)
 
 
-@pytest.mark.parametrize(("name", "count"), [("harmful", 220), ("harmless", 120), ("xstest_like", 60)])
+@pytest.mark.parametrize(("name", "count"), [("harmful", 220), ("harmless", 120), ("xstest_like", 200)])
 def test_builtin_sets_distinct_and_clean(name: str, count: int) -> None:
     examples = builtin(name)
     assert len(examples) == count
@@ -82,7 +82,11 @@ def test_builtin_harmless_has_no_category() -> None:
 def test_builtin_xstest_like_types() -> None:
     examples = builtin("xstest_like")
     counts = Counter(e.meta["type"] for e in examples)
-    assert counts == {t: 12 for t in ("homonyms", "figurative", "safe_targets", "history", "fiction")}
+    assert counts == {
+        **{t: 32 for t in ("homonyms", "figurative", "safe_targets", "history")},
+        "fiction": 12,
+        **{t: 20 for t in ("safe_contexts", "definitions", "privacy_public")},
+    }
 
 
 def test_builtin_rejects_other_names() -> None:

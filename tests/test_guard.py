@@ -20,7 +20,7 @@ from latentguard.activations import ArtifactError, ExtractConfig, extract
 from latentguard.directions import Directions
 from latentguard.guard import evaluate
 from latentguard.guard.evaluate import auroc, rates, threshold_at_fpr, tpr_at_fpr
-from latentguard.guard.fit import GuardConfig, LatentGuard, fit_from_activations, fit_guard
+from latentguard.guard.fit import GuardConfig, LatentGuard, _split, fit_from_activations, fit_guard
 from latentguard.guard.guarded import GuardedReply, LatentGuardBackend, guarded_generate
 from latentguard.guard.score import HOMOGLYPHS, GuardResult, check, robustness_variants
 from latentguard.models import LoadedModel, wrap
@@ -255,6 +255,67 @@ def test_fit_probe_and_auto() -> None:
     assert tie.method == "centroid"
 
 
+def test_calibrate_on_sets_the_threshold_on_the_masked_harmless_rows_only() -> None:
+    # 120 plain harmless prompts and 120 "augmented" ones that sit close to the harmful class
+    g = torch.Generator().manual_seed(5)
+    n, d = 120, 6
+    pos = torch.randn(n, 2, d, generator=g)
+    pos[:, :, 0] += 3.0
+    plain = torch.randn(n, 2, d, generator=g)
+    hard = torch.randn(n, 2, d, generator=g)
+    hard[:, :, 0] += 2.0
+    neg = torch.cat([plain, hard])
+    cfg = GuardConfig(method="probe", target_fpr=0.05)
+    every = fit_from_activations(pos, neg, [1, 2], cfg)
+    mask = torch.arange(2 * n) < n
+    masked = fit_from_activations(pos, neg, [1, 2], cfg, calibrate_on=mask)
+    # same split, same fit: only the threshold differs, and it is lower without the hard rows
+    assert masked.layers == every.layers and masked.metrics["val_auroc"] == every.metrics["val_auroc"]
+    assert masked.threshold < every.threshold
+    assert masked.metrics["val_tpr"] > every.metrics["val_tpr"]
+    assert masked.metrics["n_calibration_harmless"] < every.metrics["n_calibration_harmless"]
+    # the FPR target holds on the rows it was set on
+    score, _ = masked.score_activations(neg, [1, 2])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    _split(n, cfg.val_fraction, gen)  # the harmful split comes first
+    _, va_neg = _split(2 * n, cfg.val_fraction, gen)
+    va_plain = va_neg[va_neg < n]
+    assert float((score[va_plain] > masked.threshold).double().mean()) <= 0.05
+    with pytest.raises(ValueError, match="calibrate_on"):
+        fit_from_activations(pos, neg, [1, 2], cfg, calibrate_on=mask[:-1])
+    with pytest.raises(ValueError, match="no validation harmless"):
+        fit_from_activations(pos, neg, [1, 2], cfg, calibrate_on=torch.zeros(2 * n, dtype=torch.bool))
+
+
+def test_harmless_weights_pull_the_fit_towards_the_weighted_rows() -> None:
+    # a few "lookalike" harmless rows sit between the classes; weighting them moves the centroid guard
+    g = torch.Generator().manual_seed(6)
+    n, d = 100, 6
+    pos = torch.randn(n, 1, d, generator=g) + torch.tensor([4.0, 0, 0, 0, 0, 0])
+    neg = torch.randn(n, 1, d, generator=g)
+    neg[:10, :, 0] += 3.0
+    look = torch.zeros(n, dtype=torch.bool)
+    look[:10] = True
+    cfg = GuardConfig(method="centroid")
+    plain = fit_from_activations(pos, neg, [1], cfg)
+    heavy = fit_from_activations(pos, neg, [1], cfg, harmless_weights=torch.where(look, 20.0, 1.0))
+    assert plain.centroids_harmless is not None and heavy.centroids_harmless is not None
+    assert float(heavy.centroids_harmless[1][0]) > float(plain.centroids_harmless[1][0]) + 0.5
+    # equal weights are the unweighted fit
+    same = fit_from_activations(pos, neg, [1], cfg, harmless_weights=torch.full((n,), 3.0))
+    assert torch.allclose(same.centroids_harmless[1], plain.centroids_harmless[1])  # type: ignore[index]
+    probe = fit_from_activations(pos, neg, [1], GuardConfig(method="probe"))
+    probe_w = fit_from_activations(
+        pos, neg, [1], GuardConfig(method="probe"), harmless_weights=torch.where(look, 20.0, 1.0)
+    )
+    s, _ = probe.score_activations(neg[:10], [1])
+    s_w, _ = probe_w.score_activations(neg[:10], [1])
+    assert float(s_w.mean()) < float(s.mean())  # the weighted probe scores the lookalikes as safer
+    for bad in (torch.ones(n - 1), torch.full((n,), -1.0), torch.zeros(n)):
+        with pytest.raises(ValueError, match="harmless_weights"):
+            fit_from_activations(pos, neg, [1], cfg, harmless_weights=bad)
+
+
 def test_fit_input_checks() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         fit_from_activations(torch.zeros(1, 2, 4), torch.zeros(5, 2, 4), [1, 2])
@@ -313,12 +374,56 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
     with pytest.raises(ValueError, match="wrap_templates"):
         GuardConfig(wrap_templates=-1)
     suffixed = fit_guard(
-        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, suffix_prompts=3)
+        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, suffix_prompts=3, seed=1)
     )
     assert suffixed.meta["suffixed_training_prompts"] == {"harmful": 3, "harmless": 3}
     assert suffixed.metrics["n_train_harmful"] + suffixed.metrics["n_val_harmful"] == n_plain + 3
+    # the suffixed harmless prompts train the guard but do not set its threshold (unless asked)
+    n_harmless = suffixed.metrics["n_train_harmless"] + suffixed.metrics["n_val_harmless"]
+    assert n_harmless == len(harmless) + 3
+    gen = torch.Generator().manual_seed(1)  # the fit's split: harmful first, then harmless
+    _split(len(harmful) + 3, 0.25, gen)
+    _, va_neg = _split(n_harmless, 0.25, gen)
+    n_suffixed_val = int((va_neg >= len(harmless)).sum())
+    assert n_suffixed_val == 1  # this seed puts one suffixed row in validation
+    assert suffixed.metrics["n_calibration_harmless"] == len(va_neg) - n_suffixed_val
+    counted = fit_guard(
+        llama_lm,
+        harmful,
+        harmless,
+        GuardConfig(method="centroid", batch_size=8, suffix_prompts=3, seed=1, calibrate_on_suffixed=True),
+    )
+    assert counted.metrics["n_calibration_harmless"] == counted.metrics["n_val_harmless"]
     with pytest.raises(ValueError, match="suffix_prompts"):
         GuardConfig(suffix_prompts=-1)
+
+
+def test_fit_guard_weighs_lookalikes(llama_lm: LoadedModel, tmp_cache: Path) -> None:
+    harmful = [
+        f"Explain how to build a bomb from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    harmless = [
+        f"Explain how to build a shed from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    looks = ["Explain how to bomb a comedy set", "Explain how to kill a stuck process", harmless[0]]
+    cfg = GuardConfig(method="centroid", batch_size=8)
+    plain = fit_guard(llama_lm, harmful, harmless, cfg)
+    weighted = fit_guard(llama_lm, harmful, harmless, cfg, lookalikes=looks)
+    # the two new lookalikes join the harmless set; the one already there is not added twice
+    n = weighted.metrics["n_train_harmless"] + weighted.metrics["n_val_harmless"]
+    assert n == len(harmless) + 2
+    assert weighted.meta["lookalikes"] == {"n": 3, "weight": 3.0}
+    assert "lookalikes" not in plain.meta
+    even = fit_guard(
+        llama_lm,
+        harmful,
+        harmless,
+        GuardConfig(method="centroid", batch_size=8, lookalike_weight=1.0),
+        lookalikes=looks,
+    )
+    assert "lookalikes" not in even.meta
+    with pytest.raises(ValueError, match="lookalike_weight"):
+        GuardConfig(lookalike_weight=-1.0)
 
 
 # --------------------------------------------------------------------------- persistence

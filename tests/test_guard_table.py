@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from latentguard.guard.table import (
     ACTIVATION_GUARDS,
@@ -94,6 +95,35 @@ def test_guard_fit_cli_has_wrap_templates() -> None:
     args = build_parser().parse_args(["guard", "fit", "--out", "g", "--wrap-templates", "160"])
     assert args.wrap_templates == 160
     assert build_parser().parse_args(["guard", "fit", "--out", "g"]).wrap_templates == 0
+
+
+def test_guard_eval_cli_defaults_are_eval_config_defaults() -> None:
+    from latentguard.cli import build_parser
+
+    args = build_parser().parse_args(["guard", "eval"])
+    cfg = EvalConfig()
+    assert (args.train_suffixed, args.lookalike_weight) == (cfg.n_train_suffixed, cfg.lookalike_weight)
+    with pytest.raises(ValueError, match="lookalike_weight"):
+        EvalConfig(lookalike_weight=0.0)
+
+
+def test_harmless_rows_calibrate_without_suffixed_and_weigh_lookalikes() -> None:
+    from latentguard.activations import ActivationSet
+    from latentguard.guard.table import harmless_rows
+
+    names = ["plain", "looks bad", "wrapped looks bad", "plain sfx"]
+    neg = ActivationSet(
+        torch.zeros(4, 2, 1, 3), layers=[0, 1], positions=("t_inst",), fingerprint="f", instructions=names
+    )
+    data = {"train_harmless_suffixed": ["plain sfx"], "train_harmless_lookalike": ["looks bad"]}
+    rows = harmless_rows(neg, data, EvalConfig(lookalike_weight=3.0))
+    assert rows.calibrate_on is not None and rows.weights is not None
+    assert rows.calibrate_on.tolist() == [True, True, True, False]
+    assert rows.weights.tolist() == [1.0, 3.0, 1.0, 1.0]
+    sub = rows.subset(torch.tensor([True, False, True, True]))
+    assert sub.calibrate_on is not None and sub.calibrate_on.tolist() == [True, True, False]
+    plain = harmless_rows(neg, {}, EvalConfig(lookalike_weight=1.0))
+    assert plain.calibrate_on is None and plain.weights is None
 
 
 def test_seed_spread_refits_both_activation_guards(llama_lm: LoadedModel, tmp_cache: Path) -> None:

@@ -220,7 +220,7 @@ def builtin(name: str) -> list[Example]:
 
     Args:
         name: ``"harmful"`` (220 rows, 20 per category of :data:`HARM_CATEGORIES`),
-            ``"harmless"`` (120 rows) or ``"xstest_like"`` (60 harmless prompts that look unsafe;
+            ``"harmless"`` (120 rows) or ``"xstest_like"`` (200 harmless prompts that look unsafe;
             ``meta["type"]`` gives the kind).
 
     Returns:

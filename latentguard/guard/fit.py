@@ -19,6 +19,12 @@ decision threshold is set on the validation harmless prompts so that their false
 most ``target_fpr`` (placed half-way to the next validation score, for margin); a prompt is harmful
 when ``score > threshold``. All statistics are float64.
 
+Training data can be augmented (:class:`GuardConfig` ``wrap_templates``, ``suffix_prompts``) and
+weighted: ``fit_guard(..., lookalikes=...)`` adds harmless prompts that only look unsafe with weight
+``lookalike_weight``. Random-suffixed harmless prompts train the guard but, by default, do not set the
+threshold (``calibrate_on`` in :func:`fit_from_activations`): they are harder than what users send and
+would raise it, costing recall on plain harmful prompts.
+
 The guard is fitted on the training split only; the validation split picks the layers, the method
 and the threshold, so the stored validation metrics are selection metrics (slightly optimistic):
 measure on held-out prompts for a final number.
@@ -131,6 +137,21 @@ class GuardConfig:
             "random tokens (GCG's search space), so the guard reads the request through adversarial suffixes"
         },
     )
+    lookalike_weight: float = field(
+        default=3.0,
+        metadata={
+            "help": "fit_guard: training weight of the lookalikes (harmless prompts that look unsafe, "
+            "XSTest-style), against 1 for every other prompt; they are few, and they are where guards over-flag"
+        },
+    )
+    calibrate_on_suffixed: bool = field(
+        default=False,
+        metadata={
+            "help": "fit_guard: let the random-suffixed harmless prompts count when setting the threshold "
+            "(by default they train the guard but the threshold is set on the other harmless prompts, "
+            "which are what users send)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward during extraction"})
     progress: bool = field(default=False, metadata={"help": "show an extraction progress bar"})
 
@@ -153,6 +174,8 @@ class GuardConfig:
             raise ValueError(
                 f"wrap_templates and suffix_prompts must be >= 0, got {self.wrap_templates} and {self.suffix_prompts}"
             )
+        if not (self.lookalike_weight > 0 and math.isfinite(self.lookalike_weight)):
+            raise ValueError(f"lookalike_weight must be a positive number, got {self.lookalike_weight}")
         if self.layers is not None and not self.layers:
             raise ValueError("layers must be None (all) or a non-empty tuple")
 
@@ -566,8 +589,14 @@ def _fit_centroid(
     y_val: np.ndarray,
     layers: list[int],
     common: dict[str, Any],
+    neg_weight: torch.Tensor | None = None,
 ) -> _Candidate:
-    c_pos, c_neg = train_pos.mean(0), train_neg.mean(0)  # [L, d]
+    c_pos = train_pos.mean(0)  # [L, d]
+    if neg_weight is None:
+        c_neg = train_neg.mean(0)
+    else:
+        w = neg_weight.to(torch.float64)
+        c_neg = torch.einsum("n,nld->ld", w, train_neg) / w.sum()
     per_layer = torch.stack(
         [_cosine(val[:, k], c_pos[k]) - _cosine(val[:, k], c_neg[k]) for k in range(len(layers))], dim=1
     )  # [n_val, L]
@@ -604,11 +633,14 @@ def _fit_probe(
     depth_of: dict[int, float],
     config: GuardConfig,
     common: dict[str, Any],
+    neg_weight: torch.Tensor | None = None,
 ) -> _Candidate:
     from sklearn.linear_model import LogisticRegression
 
     x_train = torch.cat([train_pos, train_neg]).numpy()
     y_train = np.r_[np.ones(train_pos.shape[0], dtype=int), np.zeros(train_neg.shape[0], dtype=int)]
+    w_neg = np.ones(train_neg.shape[0]) if neg_weight is None else neg_weight.numpy().astype(np.float64)
+    sample_weight = np.r_[np.ones(train_pos.shape[0]), w_neg]
     x_val = val.numpy()
     fits: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []  # (weight, bias, mean, std)
     val_logits = np.zeros((x_val.shape[0], len(layers)))
@@ -617,7 +649,7 @@ def _fit_probe(
         std = x_train[:, k].std(0)
         std = np.where(std > 1e-8, std, 1.0)
         clf = LogisticRegression(C=config.C, max_iter=2000, random_state=config.seed)
-        clf.fit((x_train[:, k] - mean) / std, y_train)
+        clf.fit((x_train[:, k] - mean) / std, y_train, sample_weight=sample_weight)
         weight = np.asarray(clf.coef_[0], dtype=np.float64)
         fits.append((weight, float(clf.intercept_[0]), mean, std))
         val_logits[:, k] = ((x_val[:, k] - mean) / std) @ weight + float(clf.intercept_[0])
@@ -670,6 +702,34 @@ def calibrated_threshold(scores: np.ndarray, is_pos: np.ndarray, target_fpr: flo
     return float((t + above.min()) / 2.0) if above.size else t
 
 
+def _calibration_mask(mask: torch.Tensor | None, n_neg: int, va_neg: torch.Tensor) -> np.ndarray:
+    """Which validation harmless rows (in ``va_neg`` order) set the threshold."""
+    if mask is None:
+        return np.ones(len(va_neg), dtype=bool)
+    if mask.dtype != torch.bool or mask.shape != (n_neg,):
+        raise ValueError(
+            f"calibrate_on must be a bool mask of shape ({n_neg},), got {mask.dtype} {tuple(mask.shape)}"
+        )
+    out = mask.cpu()[va_neg].numpy()
+    if not out.any():
+        raise ValueError("calibrate_on leaves no validation harmless prompt to set the threshold on")
+    return out
+
+
+def _harmless_weights(weights: torch.Tensor | None, n_neg: int, tr_neg: torch.Tensor) -> torch.Tensor | None:
+    """The training split's harmless weights, mean 1 (``None`` when not given)."""
+    if weights is None:
+        return None
+    if weights.shape != (n_neg,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(
+            f"harmless_weights must be {n_neg} finite non-negative numbers, got shape {tuple(weights.shape)}"
+        )
+    w = weights.to("cpu", torch.float64)[tr_neg]
+    if float(w.sum()) <= 0:
+        raise ValueError("harmless_weights are all zero on the training split")
+    return w / w.mean()
+
+
 def fit_from_activations(
     harmful: torch.Tensor,
     harmless: torch.Tensor,
@@ -681,6 +741,8 @@ def fit_from_activations(
     template_hash: str = "",
     model: str = "",
     meta: dict[str, Any] | None = None,
+    calibrate_on: torch.Tensor | None = None,
+    harmless_weights: torch.Tensor | None = None,
 ) -> LatentGuard:
     """Fit a guard on hidden states already extracted at the guard's position.
 
@@ -694,12 +756,21 @@ def fit_from_activations(
         template_hash: Its chat template hash.
         model: Its spec, for humans.
         meta: Extra metadata stored with the guard.
+        calibrate_on: ``[m]`` bool mask of the harmless rows whose validation scores set the threshold
+            (``None``: all). Augmented rows (random-token suffixes, jailbreak wrappers) help the fit read
+            through them but are harder than the prompts the threshold is meant for; leaving them out
+            of calibration keeps the false-positive target about plain prompts. Every row still counts
+            for training, layer choice and the reported AUROC.
+        harmless_weights: ``[m]`` non-negative weights of the harmless rows in training (the probe's
+            loss, the harmless centroid), rescaled to mean 1 over the training split; ``None``: equal.
+            Up-weighting the few harmless prompts that look unsafe makes the fit attend to them.
 
     Returns:
         The fitted :class:`LatentGuard` with its validation metrics.
 
     Raises:
-        ValueError: On malformed input (shapes, NaNs, fewer than 2 prompts per class).
+        ValueError: On malformed input (shapes, NaNs, fewer than 2 prompts per class, a mask that does
+            not fit or leaves no validation prompt to calibrate on).
     """
     cfg = config or GuardConfig()
     layers = [int(i) for i in layers]
@@ -712,6 +783,8 @@ def fit_from_activations(
     gen = torch.Generator().manual_seed(cfg.seed)
     tr_pos, va_pos = _split(pos.shape[0], cfg.val_fraction, gen)
     tr_neg, va_neg = _split(neg.shape[0], cfg.val_fraction, gen)
+    calib = _calibration_mask(calibrate_on, neg.shape[0], va_neg)
+    w_tr = _harmless_weights(harmless_weights, neg.shape[0], tr_neg)
     val = torch.cat([pos[va_pos], neg[va_neg]])
     y_val = np.r_[np.ones(len(va_pos), dtype=int), np.zeros(len(va_neg), dtype=int)]
     depth_base = n_layers if n_layers else max(max(layers), 1)
@@ -725,9 +798,9 @@ def fit_from_activations(
     methods = METHODS if cfg.method == "auto" else (cfg.method,)
     cands: dict[str, _Candidate] = {}
     if "centroid" in methods:
-        cands["centroid"] = _fit_centroid(pos[tr_pos], neg[tr_neg], val, y_val, layers, common)
+        cands["centroid"] = _fit_centroid(pos[tr_pos], neg[tr_neg], val, y_val, layers, common, w_tr)
     if "probe" in methods:
-        cands["probe"] = _fit_probe(pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, cfg, common)
+        cands["probe"] = _fit_probe(pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, cfg, common, w_tr)
     if len(cands) == 2:
         # ties (up to float noise) go to the centroid method, the paper's
         chosen = "probe" if cands["probe"].auroc > cands["centroid"].auroc + 1e-9 else "centroid"
@@ -737,15 +810,17 @@ def fit_from_activations(
     guard = best.guard
     s_val = best.val_scores
     is_pos = y_val.astype(bool)
-    guard.threshold = calibrated_threshold(s_val, is_pos, cfg.target_fpr)
+    counted = np.r_[np.ones(len(va_pos), dtype=bool), calib]
+    guard.threshold = calibrated_threshold(s_val[counted], is_pos[counted], cfg.target_fpr)
     guard.metrics = {
         "val_auroc": best.auroc,
         "tpr_at_1fpr": tpr_at_fpr(s_val, y_val, 0.01),
         "tpr_at_5fpr": tpr_at_fpr(s_val, y_val, 0.05),
         "threshold": guard.threshold,
         "target_fpr": cfg.target_fpr,
-        "val_fpr": float((s_val[~is_pos] > guard.threshold).mean()),
+        "val_fpr": float((s_val[~is_pos & counted] > guard.threshold).mean()),
         "val_tpr": float((s_val[is_pos] > guard.threshold).mean()),
+        "n_calibration_harmless": int(calib.sum()),
         "n_train_harmful": len(tr_pos),
         "n_train_harmless": len(tr_neg),
         "n_val_harmful": len(va_pos),
@@ -799,6 +874,8 @@ def fit_guard(
     harmful: Sequence[str],
     harmless: Sequence[str],
     config: GuardConfig | None = None,
+    *,
+    lookalikes: Sequence[str] = (),
 ) -> LatentGuard:
     """Extract hidden states at ``config.position`` and fit a :class:`LatentGuard`.
 
@@ -807,6 +884,8 @@ def fit_guard(
         harmful: Harmful instructions.
         harmless: Harmless instructions.
         config: Options; defaults to :class:`GuardConfig` ``()``.
+        lookalikes: More harmless instructions, ones that only look unsafe (e.g. ``builtin:xstest_like``);
+            they weigh ``config.lookalike_weight`` in training and count for calibration like the rest.
 
     Returns:
         The fitted guard, bound to ``lm``'s fingerprint and chat template.
@@ -820,6 +899,8 @@ def fit_guard(
     bad = [i for i in candidates if not 0 <= i <= n]
     if bad:
         raise ValueError(f"layer indices {bad} outside 0..{n}")
+    looks = set(lookalikes)
+    harmless = list(harmless) + [p for p in dict.fromkeys(lookalikes) if p not in set(harmless)]
     if len(harmful) < 2 or len(harmless) < 2:
         raise ValueError(
             f"need at least 2 harmful and 2 harmless prompts, got {len(harmful)} and {len(harmless)}"
@@ -839,6 +920,7 @@ def fit_guard(
     pos = extract(lm, list(harmful), ecfg).at(cfg.position)
     neg = extract(lm, list(harmless), ecfg).at(cfg.position)
     meta: dict[str, Any] = {}
+    calibrate_on: torch.Tensor | None = None
     if cfg.wrap_templates:
         from latentguard.analysis.jailbreaks import wrapped_training_prompts
 
@@ -855,8 +937,18 @@ def fit_guard(
         s_pos = random_suffix_prompts(lm, harmful, cfg.suffix_prompts, seed=cfg.seed)
         s_neg = random_suffix_prompts(lm, harmless, cfg.suffix_prompts, seed=cfg.seed)
         pos = torch.cat([pos, extract(lm, s_pos, ecfg).at(cfg.position)])
+        n_before = neg.shape[0]
         neg = torch.cat([neg, extract(lm, s_neg, ecfg).at(cfg.position)])
         meta["suffixed_training_prompts"] = {"harmful": len(s_pos), "harmless": len(s_neg)}
+        if not cfg.calibrate_on_suffixed:
+            calibrate_on = torch.arange(neg.shape[0]) < n_before
+    weights = None
+    if looks and cfg.lookalike_weight != 1.0:
+        # the plain rows come first; wrapped and suffixed rows weigh 1
+        is_look = torch.zeros(neg.shape[0], dtype=torch.bool)
+        is_look[: len(harmless)] = torch.tensor([p in looks for p in harmless])
+        weights = torch.where(is_look, cfg.lookalike_weight, 1.0).to(torch.float64)
+        meta["lookalikes"] = {"n": int(is_look.sum()), "weight": cfg.lookalike_weight}
     return fit_from_activations(
         pos,
         neg,
@@ -867,4 +959,6 @@ def fit_guard(
         template_hash=lm.template_hash,
         model=lm.spec,
         meta=meta,
+        calibrate_on=calibrate_on,
+        harmless_weights=weights,
     )

@@ -73,10 +73,17 @@ class EvalConfig:
         },
     )
     n_train_suffixed: int = field(
-        default=0,
+        default=60,
         metadata={
             "help": "training prompts of each class also given a suffix of random tokens (GCG's search "
             "space, not optimised), so the activation guards learn to read through adversarial suffixes"
+        },
+    )
+    lookalike_weight: float = field(
+        default=3.0,
+        metadata={
+            "help": "training weight of the plain harmless lookalikes (XSTest's training half and the "
+            "built-in ones) in the activation guards' fits, against 1 for every other prompt"
         },
     )
     n_gcg: int = field(
@@ -94,6 +101,12 @@ class EvalConfig:
         default=5,
         metadata={"help": "refit both activation guards with this many split seeds and report the spread"},
     )
+
+    def __post_init__(self) -> None:
+        if not (self.lookalike_weight > 0 and math.isfinite(self.lookalike_weight)):
+            raise ValueError(f"lookalike_weight must be a positive number, got {self.lookalike_weight}")
+        if self.n_train_suffixed < 0 or self.n_train_wrapped < 0:
+            raise ValueError("n_train_suffixed and n_train_wrapped must be >= 0")
 
 
 def _take(rows: Sequence[Example] | None, n: int, rng: random.Random) -> list[str]:
@@ -286,12 +299,15 @@ def _fit_at(
     *,
     pos_extra: torch.Tensor | None = None,
     keep_neg: torch.Tensor | None = None,
+    harmless: HarmlessRows | None = None,
     meta: dict[str, Any] | None = None,
 ) -> LatentGuard:
     """One guard fitted on the decoder blocks' states at ``position`` (embeddings left out).
 
     ``pos_extra`` (rows of ``neg`` moved to the positive side) and ``keep_neg`` (a mask of the rows of
     ``neg`` that stay negative) relabel prompts; by default the two sets are taken as they are.
+    ``harmless`` says which rows of ``neg`` set the threshold and how much each weighs (see
+    :func:`harmless_rows`).
     """
     layers = [i for i in pos.layers if i > 0]
     sel = [pos.layers.index(i) for i in layers]
@@ -300,6 +316,7 @@ def _fit_at(
         x_pos = torch.cat([x_pos, x_neg[pos_extra]])
     if keep_neg is not None:
         x_neg = x_neg[keep_neg]
+        harmless = None if harmless is None else harmless.subset(keep_neg)
     return fit_from_activations(
         x_pos,
         x_neg,
@@ -310,15 +327,59 @@ def _fit_at(
         template_hash=lm.template_hash,
         model=lm.spec,
         meta=meta,
+        calibrate_on=None if harmless is None else harmless.calibrate_on,
+        harmless_weights=None if harmless is None else harmless.weights,
     )
 
 
+@dataclass(frozen=True)
+class HarmlessRows:
+    """Per-row options of the harmless training set: which rows calibrate, what each weighs."""
+
+    calibrate_on: torch.Tensor | None = None  # [m] bool: rows whose validation scores set the threshold
+    weights: torch.Tensor | None = None  # [m] training weights
+
+    def subset(self, keep: torch.Tensor) -> HarmlessRows:
+        """The same options for the rows ``keep`` (a bool mask) keeps."""
+        return HarmlessRows(
+            None if self.calibrate_on is None else self.calibrate_on[keep],
+            None if self.weights is None else self.weights[keep],
+        )
+
+
+def harmless_rows(neg: ActivationSet, data: dict[str, Any], cfg: EvalConfig) -> HarmlessRows:
+    """Calibration mask and weights of the harmless training rows ``neg`` (in its instruction order).
+
+    * Thresholds are set on every harmless row but the random-token-suffixed ones. Random suffixes
+      teach a guard to read through adversarial suffixes, but they are harder negatives than anything
+      users send; counted for calibration they raise the threshold and cost recall on plain prompts.
+      Template-wrapped prompts stay in: benign requests in jailbreak wrappers do reach guards.
+    * The plain lookalikes (harmless prompts that look unsafe: XSTest's training half and the built-in
+      ones) weigh ``cfg.lookalike_weight`` in training; they are few among the everyday prompts.
+    """
+    suffixed = set(data.get("train_harmless_suffixed", []))
+    looks = set(data.get("train_harmless_lookalike", []))
+    names = neg.instructions
+    calibrate = torch.tensor([p not in suffixed for p in names], dtype=torch.bool) if suffixed else None
+    weights = None
+    if cfg.lookalike_weight != 1.0 and looks:
+        weights = torch.tensor(
+            [cfg.lookalike_weight if p in looks else 1.0 for p in names], dtype=torch.float64
+        )
+    return HarmlessRows(calibrate, weights)
+
+
 def _fit_pair(
-    lm: LoadedModel, tr_h: ActivationSet, tr_s: ActivationSet, method: str, seed: int
+    lm: LoadedModel,
+    tr_h: ActivationSet,
+    tr_s: ActivationSet,
+    method: str,
+    seed: int,
+    harmless: HarmlessRows | None = None,
 ) -> dict[str, LatentGuard]:
     """The Latent Guard (``t_inst``) and the refusal-direction guard (``t_post_inst``), fitted alike."""
     return {
-        name: _fit_at(lm, tr_h, tr_s, position, method, seed)
+        name: _fit_at(lm, tr_h, tr_s, position, method, seed, harmless=harmless)
         for name, position in (("latent", "t_inst"), ("refusal_dir", "t_post_inst"))
     }
 
@@ -333,6 +394,7 @@ def _fit_behaviour(
     refused: dict[str, bool],
     method: str,
     seed: int,
+    harmless: HarmlessRows | None = None,
 ) -> LatentGuard:
     """The same method at ``t_post_inst`` on the refusal direction's own labels: refused vs accepted.
 
@@ -342,7 +404,18 @@ def _fit_behaviour(
     """
     flip = torch.tensor([refused.get(p, False) for p in tr_s.instructions], dtype=torch.bool)
     meta = {"labels": "refused vs accepted", "judged_harmless": len(refused), "refused": int(flip.sum())}
-    return _fit_at(lm, tr_h, tr_s, "t_post_inst", method, seed, pos_extra=flip, keep_neg=~flip, meta=meta)
+    return _fit_at(
+        lm,
+        tr_h,
+        tr_s,
+        "t_post_inst",
+        method,
+        seed,
+        pos_extra=flip,
+        keep_neg=~flip,
+        harmless=harmless,
+        meta=meta,
+    )
 
 
 def _seed_spread(
@@ -359,7 +432,7 @@ def _seed_spread(
     per: dict[str, list[list[float | None]]] = {k: [] for k in ACTIVATION_GUARDS}
     chosen: dict[str, list[list[int]]] = {k: [] for k in ACTIVATION_GUARDS}
     for seed in range(cfg.seeds):
-        guards = _fit_pair(lm, tr_h, tr_s, cfg.method, seed)
+        guards = _fit_pair(lm, tr_h, tr_s, cfg.method, seed, harmless_rows(tr_s, data, cfg))
         for key, name in ACTIVATION_GUARDS.items():
             row = _row(_activation_scorer(name, lm, guards[key], cfg.batch_size), data, succeeded, groups)
             per[key].append(row["values"])
@@ -493,7 +566,8 @@ def evaluate_guards(
     _add_gcg(lm, data, cfg, say)
     _add_suffixed(lm, data, cfg)
     tr_h, tr_s = _training_acts(lm, data, bs)
-    guards = _fit_pair(lm, tr_h, tr_s, cfg.method, cfg.seed)
+    rows_s = harmless_rows(tr_s, data, cfg)
+    guards = _fit_pair(lm, tr_h, tr_s, cfg.method, cfg.seed, rows_s)
     say("guards fitted; judging the model's own answers")
     cache: dict[str, tuple[str, bool, float]] = {}
     own = _refusal_scorer(lm, judge, cfg, cache)
@@ -518,7 +592,13 @@ def evaluate_guards(
     )
     _, judged_refused = own.score(judged)
     guards["refusal_behaviour"] = _fit_behaviour(
-        lm, tr_h, tr_s, dict(zip(judged, map(bool, judged_refused), strict=True)), cfg.method, cfg.seed
+        lm,
+        tr_h,
+        tr_s,
+        dict(zip(judged, map(bool, judged_refused), strict=True)),
+        cfg.method,
+        cfg.seed,
+        rows_s,
     )
     groups = {
         "accepted_harmful": [p for p, r in zip(data["test_harmful"], ref_h, strict=True) if not r],
@@ -578,7 +658,9 @@ def evaluate_guards(
         att_cache: dict[str, tuple[str, bool, float]] = {}
         att_own = _refusal_scorer(attacked, judge, cfg, att_cache)
         a_h, a_s = _training_acts(attacked, data, bs)
-        refit = _fit_at(attacked, a_h, a_s, "t_inst", cfg.method, cfg.seed)
+        refit = _fit_at(
+            attacked, a_h, a_s, "t_inst", cfg.method, cfg.seed, harmless=harmless_rows(a_s, data, cfg)
+        )
         att_rows = [
             _row(
                 _activation_scorer(
