@@ -900,7 +900,8 @@ def fit_guard(
     if bad:
         raise ValueError(f"layer indices {bad} outside 0..{n}")
     looks = set(lookalikes)
-    harmless = list(harmless) + [p for p in dict.fromkeys(lookalikes) if p not in set(harmless)]
+    plain = set(harmless)
+    harmless = list(harmless) + [p for p in dict.fromkeys(lookalikes) if p not in plain]
     if len(harmful) < 2 or len(harmless) < 2:
         raise ValueError(
             f"need at least 2 harmful and 2 harmless prompts, got {len(harmful)} and {len(harmless)}"
