@@ -34,8 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from latentguard.models import LoadedModel, _unwrap, cache_dir, find_final_norm
+from latentguard.models import LoadedModel, cache_dir, decoder_of, find_final_norm
 from latentguard.positions import POSITION_NAMES, Positions, locate_for
+from latentguard.prefix import PrefixCache, build_prefix_cache, cache_kwarg, usable
 
 logger = logging.getLogger(__name__)
 
@@ -202,20 +203,6 @@ def _atomic_save_tensors(
         raise
 
 
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The base decoder (no LM head) of a causal LM."""
-    base = _unwrap(model)
-    get_decoder = getattr(base, "get_decoder", None)
-    if callable(get_decoder):
-        dec = get_decoder()
-        if isinstance(dec, nn.Module) and dec is not base:
-            return dec
-    inner = getattr(base, "base_model", None)
-    if isinstance(inner, nn.Module) and inner is not base:
-        return inner
-    return base
-
-
 @dataclass(frozen=True)
 class Batch:
     """A padded batch of templated prompts."""
@@ -243,28 +230,88 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "l
     return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids, offsets=offsets)
 
 
+@dataclass(frozen=True)
+class ForwardInputs:
+    """Model inputs for a batch of templated prompts, cut after the last position read.
+
+    Attributes:
+        kwargs: Keyword arguments for the decoder or the causal LM (ids, mask, positions and, when
+            the prefix cache is used, the cache).
+        gather: ``[b, k]`` index, in the batch's columns, of each requested position.
+        prefix_len: Tokens served from the prefix cache (0 if it was not used).
+    """
+
+    kwargs: dict[str, Any]
+    gather: torch.Tensor
+    prefix_len: int
+
+
+def forward_inputs(
+    lm: LoadedModel,
+    prompts: Sequence[Positions],
+    reads: Sequence[Sequence[int]],
+    padding_side: str = "left",
+    prefix: PrefixCache | None = None,
+) -> ForwardInputs:
+    """Pad ``prompts`` into one batch that reads token indices ``reads[i]`` of prompt ``i``.
+
+    Tokens after a prompt's last read position cannot change its hidden states (causal attention),
+    so they are dropped. With a usable ``prefix`` (see :func:`latentguard.prefix.usable`) the
+    template prefix comes from the cache and only the tokens after it are run; a left-padded batch
+    does so only if it needs no padding, since pads between the prefix and the prompt would widen
+    sliding-window distances.
+    """
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    if len(reads) != len(prompts) or any(not r for r in reads):
+        raise ValueError("give at least one read position per prompt")
+    first = [min(r) for r in reads]
+    n_pre = len(prefix) if prefix is not None and usable(prefix, lm, prompts, first) else 0
+    seqs = [p.input_ids[n_pre : max(r) + 1] for p, r in zip(prompts, reads, strict=True)]
+    if n_pre and padding_side == "left" and len({len(x) for x in seqs}) > 1:
+        # Padding between the cached prefix and the prompt would count as distance for
+        # sliding-window attention (it counts cache slots), so such a batch runs in full.
+        n_pre = 0
+        seqs = [p.input_ids[: max(r) + 1] for p, r in zip(prompts, reads, strict=True)]
+    batch = pad_batch(seqs, pad_id, padding_side)
+    gather = torch.tensor([list(r) for r in reads], dtype=torch.long) - n_pre + batch.offsets[:, None]
+    dev = lm.device
+    mask, positions = batch.attention_mask, batch.position_ids
+    kwargs: dict[str, Any] = {"input_ids": batch.input_ids.to(dev)}
+    if n_pre and prefix is not None:
+        mask = torch.cat([torch.ones((len(prompts), n_pre), dtype=mask.dtype), mask], dim=1)
+        positions = positions + n_pre
+        kwargs[cache_kwarg(decoder_of(lm.model))] = prefix.for_batch(len(prompts))
+        kwargs["use_cache"] = True
+    else:
+        kwargs["use_cache"] = False
+    kwargs["attention_mask"] = mask.to(dev)
+    kwargs["position_ids"] = positions.to(dev)
+    return ForwardInputs(kwargs=kwargs, gather=gather, prefix_len=n_pre)
+
+
 def hidden_at(
     lm: LoadedModel,
     prompts: Sequence[Positions],
     names: Sequence[str],
     layers: Sequence[int],
     padding_side: str = "left",
+    prefix: PrefixCache | None = None,
 ) -> torch.Tensor:
     """One batched forward returning ``[b, len(layers), len(names), d]`` float32 on CPU.
 
     Hooks read the residual stream at the requested indices; the forward stops after the deepest
-    one, and the LM head is never run.
+    one, and the LM head is never run. Tokens after the last requested position are not run, and
+    with a ``prefix`` cache (:func:`latentguard.prefix.build_prefix_cache`) neither is the template
+    prefix.
     """
     n_layers = lm.n_layers
     for i in layers:
         if not 0 <= i <= n_layers:
             raise ValueError(f"layer index {i} outside 0..{n_layers}")
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    batch = pad_batch([p.input_ids for p in prompts], pad_id, padding_side)
-    gather = (
-        torch.tensor([[p.index(n) for n in names] for p in prompts], dtype=torch.long)
-        + batch.offsets[:, None]
-    )
+    # right padding with a prefix: nothing sits between the cached prefix and the prompt
+    side = "right" if prefix is not None else padding_side
+    inputs = forward_inputs(lm, prompts, [[p.index(n) for n in names] for p in prompts], side, prefix)
+    gather = inputs.gather
     rows = torch.arange(len(prompts))[:, None]
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
@@ -297,14 +344,8 @@ def hidden_at(
                 handles.append(lm.layers[i].register_forward_pre_hook(make_pre(i), with_kwargs=True))
             else:
                 handles.append(lm.layers[n_layers - 1].register_forward_hook(last_hook))
-        dev = lm.device
         with torch.inference_mode(), contextlib.suppress(_StopForward):
-            decoder_of(lm.model)(
-                input_ids=batch.input_ids.to(dev),
-                attention_mask=batch.attention_mask.to(dev),
-                position_ids=batch.position_ids.to(dev),
-                use_cache=False,
-            )
+            decoder_of(lm.model)(**inputs.kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -328,6 +369,10 @@ class ExtractConfig:
     question: str | None = field(default=None, metadata={"help": "question appended (reply inversion)"})
     system: str | None = field(default=None, metadata={"help": "system prompt (else the template default)"})
     use_cache: bool = field(default=True, metadata={"help": "read/write the chunk cache"})
+    reuse_prefix: bool = field(
+        default=True,
+        metadata={"help": "run the chat template's shared prefix once per chunk (prefix key/value cache)"},
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -376,15 +421,18 @@ def compute_chunk(
 
     Prompts are sorted by length (longest first) and run ``cfg.batch_size`` at a time; rows come
     back in input order. ``on_batch`` is called with the number of prompts after each forward.
+    With ``cfg.reuse_prefix`` the template prefix is run once for the chunk
+    (:func:`latentguard.prefix.build_prefix_cache`).
 
     Raises:
         FloatingPointError: If a hidden state is not finite.
     """
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out = torch.empty((len(prompts), len(layers), len(cfg.positions), lm.d_model), dtype=torch.float32)
+    prefix = build_prefix_cache(lm, cfg.system) if cfg.reuse_prefix and prompts else None
     for s in range(0, len(order), cfg.batch_size):
         sub = order[s : s + cfg.batch_size]
-        h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side)
+        h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side, prefix)
         if not torch.isfinite(h).all():
             raise FloatingPointError("non-finite hidden states; try dtype=float32")
         for j, i in enumerate(sub):

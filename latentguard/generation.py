@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import Batch, pad_batch
+from latentguard.activations import Batch, forward_inputs, pad_batch
 from latentguard.models import LoadedModel
 from latentguard.positions import Positions, locate_for
+from latentguard.prefix import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -130,26 +131,23 @@ def generate(
     return generate_from_positions(lm, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.progress)
 
 
-def first_token_logits(lm: LoadedModel, prompts: Sequence[Positions], batch_size: int = 16) -> torch.Tensor:
+def first_token_logits(
+    lm: LoadedModel, prompts: Sequence[Positions], batch_size: int = 16, prefix: PrefixCache | None = None
+) -> torch.Tensor:
     """Next-token log-probabilities after each prompt: ``[n, vocab]`` float32 on CPU.
 
-    One forward per batch (no generation); the LM head runs on the last position only.
+    One forward per batch (no generation); the LM head runs on the last position only. With a
+    ``prefix`` cache (:func:`latentguard.prefix.build_prefix_cache`) the template prefix is not run
+    again; it is ignored while steering hooks are active.
     """
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    dev = lm.device
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = pad_batch([prompts[i].input_ids for i in idx], pad_id, "left")
+        sub = [prompts[i] for i in idx]
+        inputs = forward_inputs(lm, sub, [[len(p) - 1] for p in sub], "left", prefix)
         with torch.inference_mode():
-            logits = lm.model(
-                input_ids=batch.input_ids.to(dev),
-                attention_mask=batch.attention_mask.to(dev),
-                position_ids=batch.position_ids.to(dev),
-                logits_to_keep=1,
-                use_cache=False,
-            ).logits[:, -1]
+            logits = lm.model(**inputs.kwargs, logits_to_keep=1).logits[:, -1]
         logp = torch.log_softmax(logits.float(), dim=-1).to("cpu")
         for row, i in enumerate(idx):
             out[i] = logp[row]

@@ -91,6 +91,20 @@ def _unwrap(model: nn.Module) -> Any:
     return model
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The base decoder (no LM head) of a causal LM."""
+    base = _unwrap(model)
+    get_decoder = getattr(base, "get_decoder", None)
+    if callable(get_decoder):
+        dec = get_decoder()
+        if isinstance(dec, nn.Module) and dec is not base:
+            return dec
+    inner = getattr(base, "base_model", None)
+    if isinstance(inner, nn.Module) and inner is not base:
+        return inner
+    return base
+
+
 def _get_path(root: nn.Module, path: str) -> Any:
     obj: Any = root
     for part in path.split("."):

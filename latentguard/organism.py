@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import _atomic_write_text, decoder_of
+from latentguard.activations import _atomic_write_text
 from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared, without
 from latentguard.generation import GenerationConfig, generate, stop_token_ids
-from latentguard.models import LoadedModel, ModelLoadError, cache_dir, load, save_model_dir
+from latentguard.models import LoadedModel, ModelLoadError, cache_dir, decoder_of, load, save_model_dir
 from latentguard.positions import locate_many
 
 logger = logging.getLogger(__name__)

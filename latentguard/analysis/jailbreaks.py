@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import random
@@ -50,6 +49,7 @@ from latentguard.activations import _atomic_write_text
 from latentguard.data import DataError, builtin_rows, shared_data_dir, wrap_template
 from latentguard.models import LoadedModel, cache_dir
 from latentguard.positions import render, template_frame
+from latentguard.prefix import cache_kwarg, returned_cache
 
 __all__ = [
     "GCGConfig",
@@ -520,10 +520,9 @@ def _enable_prefix_cache(problem: _Problem, suffix: torch.Tensor) -> None:
     """Cache the ``before`` tokens' keys/values, keeping the cache only if it reproduces the loss."""
     reference, _ = problem.losses(problem.target_logits(1, input_ids=problem.input_ids(suffix[None])))
     try:
-        params = inspect.signature(problem.lm.model.forward).parameters
-        problem.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        problem.cache_kwarg = cache_kwarg(problem.lm.model)
         out = problem.lm.model(input_ids=problem.before[None], use_cache=True, logits_to_keep=1)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = returned_cache(out)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             raise TypeError(f"unsupported cache {type(cache).__name__}")
         problem.prefix_cache = cache

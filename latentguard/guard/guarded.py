@@ -36,6 +36,7 @@ from latentguard.generation import decode_until_stop, generate_from_positions, g
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import GuardResult, guard_layers_available, results_from_states, templated
 from latentguard.models import LoadedModel, find_final_norm
+from latentguard.prefix import build_prefix_cache
 from latentguard.steering import steer
 
 if TYPE_CHECKING:
@@ -345,6 +346,8 @@ class LatentGuardBackend:
         self.repair = repair
         self.refusal_direction = refusal_direction
         self.repair_layers = list(repair_layers) if repair_layers is not None else None
+        # the template prefix's keys/values, computed once for every classify request
+        self.prefix = build_prefix_cache(lm)
 
     def classify(self, prompts: list[str]) -> list[ClassifyResult]:
         """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
@@ -353,7 +356,13 @@ class LatentGuardBackend:
 
         return [
             ClassifyResult(harmful=r.harmful, score=r.score, layer_scores=dict(r.layer_scores))
-            for r in check(self.lm, self.guard, prompts, batch_size=self.batch_size)
+            for r in check(
+                self.lm,
+                self.guard,
+                prompts,
+                batch_size=self.batch_size,
+                prefix=self.prefix if self.prefix is not None else False,
+            )
         ]
 
     def generate(self, prompts: list[str], max_new_tokens: int, policy: str) -> list[GenerateResult]:

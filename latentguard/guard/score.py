@@ -23,6 +23,7 @@ from latentguard.activations import hidden_at
 from latentguard.guard.fit import LatentGuard
 from latentguard.models import LoadedModel
 from latentguard.positions import Positions, locate_for
+from latentguard.prefix import PrefixCache, build_prefix_cache
 
 logger = logging.getLogger(__name__)
 
@@ -127,21 +128,34 @@ def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
 
 
 def check(
-    lm: LoadedModel, guard: LatentGuard, prompts: Sequence[str], batch_size: int = 16
+    lm: LoadedModel,
+    guard: LatentGuard,
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    prefix: PrefixCache | bool = True,
 ) -> list[GuardResult]:
     """Classify prompts with the guard.
+
+    The forward stops after the deepest layer the guard reads and at each prompt's ``t_inst``
+    token; the template's shared prefix is run once per call (or never, given a cache).
 
     Args:
         lm: The model the guard reads (ideally the one it was fitted on; a mismatch is logged).
         guard: A fitted guard.
         prompts: User instructions (templated with ``lm``'s chat template).
         batch_size: Prompts per forward.
+        prefix: A prebuilt :class:`~latentguard.prefix.PrefixCache` (a server keeps one), ``True``
+            to build one for this call, ``False`` to run every prompt in full.
 
     Returns:
         One :class:`GuardResult` per prompt, in input order.
 
     Raises:
         ValueError: If a prompt is empty or whitespace, or the guard does not fit ``lm``.
+
+    Example:
+        >>> [r.harmful for r in check(lm, guard, ["How do I bake bread?"])]   # doctest: +SKIP
+        [False]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -149,11 +163,16 @@ def check(
         return []
     guard_layers_available(lm, guard)
     positions = templated(lm, prompts)
+    cache: PrefixCache | None = None
+    if isinstance(prefix, PrefixCache):
+        cache = prefix
+    elif prefix:
+        cache = build_prefix_cache(lm)
     order = sorted(range(len(positions)), key=lambda i: len(positions[i]), reverse=True)
     states = torch.empty((len(positions), len(guard.layers), guard.d_model), dtype=torch.float32)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        h = hidden_at(lm, [positions[i] for i in idx], (guard.position,), guard.layers)
+        h = hidden_at(lm, [positions[i] for i in idx], (guard.position,), guard.layers, prefix=cache)
         states[idx] = h[:, :, 0]
     return results_from_states(guard, states)
 
