@@ -5,11 +5,13 @@ On the same prompts, in one run:
   runs the template prefix once per call), the self-check baseline (reply-inversion prompt, one
   forward with the LM head; with and without the same prefix cache) and the MiniLM text
   classifier. The speed-up is taken against the faster self-check;
-* guarded generation (guard read from the same prefill) against plain generation;
+* guarded generation (guard read from the same prefill) against plain generation, as the median
+  of paired runs in alternating order;
 * the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
   compared with the guard's own ``check`` of the same prompt.
 
     python benchmarks/guard.py [--model organism] [--n 64] [--guard runs/guard-eval/guard]
+        [--parts standalone,fused,server]
 
 Without ``--guard`` it fits a probe guard on the built-in sets first.
 """
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import socket
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,29 +49,12 @@ def timed(fn, *args, repeat: int = 1, **kw):  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t0) / repeat, out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="organism")
-    ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each measurement (median)")
-    ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    lm = load(args.model)
-    harmful = [e.instruction for e in builtin("harmful")]
-    harmless = [e.instruction for e in builtin("harmless")] + [e.instruction for e in builtin("xstest_like")]
-    if args.guard:
-        guard = LatentGuard.load(args.guard, lm=lm)
-    else:
-        guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
-    emit(f"guard: method={guard.method} layers={guard.layers} (deepest {max(guard.layers)} of {lm.n_layers})")
-    prompts = shared_instructions("harmless_alpaca_val", args.n) or harmless[: args.n]
-    prompts = prompts[: args.n]
-
-    # standalone guards
-    q = inversion_questions()[0]
-    inv = locate_many(lm.tokenizer, prompts, question=q)
+def standalone(
+    lm: Any, guard: Any, prompts: list[str], train: tuple[list[str], list[str]], repeats: int
+) -> None:
+    """prompts/s at batch 1 and 32: the Latent Guard, the self-check and the text classifier."""
+    harmful, harmless = train
+    inv = locate_many(lm.tokenizer, prompts, question=inversion_questions()[0])
     text = text_classifier_baseline(harmful[:120] + harmless[:120], np.array([1] * 120 + [0] * 120))
     rows = []
     for bs in (1, 32):
@@ -77,7 +65,7 @@ def main() -> None:
             "self_check_prefix": [],
             "text_classifier": [],
         }
-        for _ in range(args.repeats):  # interleaved, medians (as for generation below)
+        for _ in range(repeats):  # interleaved, medians
             runs["latent_guard"].append(timed(check, lm, guard, prompts, batch_size=bs)[0])
             runs["latent_guard_no_prefix"].append(timed(check, lm, guard, prompts, bs, prefix=False)[0])
             runs["self_check"].append(timed(first_token_logits, lm, inv, bs)[0])
@@ -99,35 +87,76 @@ def main() -> None:
             )
         )
 
-    def speedup(row: dict[str, float]) -> float:
+    def speedup(row: dict[str, float]) -> float:  # against the faster of the two self-checks
         return min(row["self_check"], row["self_check_prefix"]) / row["latent_guard"]
 
-    # fused guard overhead in generation
+    emit(f"guard_vs_selfcheck_speedup={speedup(rows[1]):.3f}")
+    emit(f"guard_vs_selfcheck_speedup_batch1={speedup(rows[0]):.3f}")
+    emit(f"prefix_cache_speedup_batch1={rows[0]['latent_guard_no_prefix'] / rows[0]['latent_guard']:.3f}")
+    emit(f"prefix_cache_speedup_batch32={rows[1]['latent_guard_no_prefix'] / rows[1]['latent_guard']:.3f}")
+
+
+def fused(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: int) -> None:
+    """Guarded generation (the guard read from the same prefill) against plain generation."""
     pos = locate_many(lm.tokenizer, prompts[:16])
     generate_from_positions(lm, pos[:2], 2)  # warm-up
     plain_times, fused_times = [], []
-    for _ in range(args.repeats):  # interleaved, medians: one slow run does not decide the ratio
-        t_plain, _ = timed(generate_from_positions, lm, pos, args.max_new_tokens, 8)
-        t_fused, _ = timed(
-            guarded_generate,
-            lm,
-            guard,
-            prompts[:16],
-            policy="allow",
-            max_new_tokens=args.max_new_tokens,
-            batch_size=8,
-        )
-        plain_times.append(t_plain)
-        fused_times.append(t_fused)
-    t_plain, t_fused = float(np.median(plain_times)), float(np.median(fused_times))
-    overhead = t_fused / t_plain - 1
-    emit(
-        f"generation of 16 prompts x {args.max_new_tokens} tokens: plain {t_plain:.2f} s, "
-        f"guarded (one prefill) {t_fused:.2f} s, overhead {100 * overhead:+.1f}% "
-        f"(median of {args.repeats}; per run {[round(f / p - 1, 3) for p, f in zip(plain_times, fused_times, strict=True)]})"
-    )
 
-    # server throughput with 8 concurrent clients
+    def plain_run() -> float:
+        return float(timed(generate_from_positions, lm, pos, max_new_tokens, 8)[0])
+
+    def fused_run() -> float:
+        return float(
+            timed(
+                guarded_generate,
+                lm,
+                guard,
+                prompts[:16],
+                policy="allow",
+                max_new_tokens=max_new_tokens,
+                batch_size=8,
+            )[0]
+        )
+
+    for r in range(repeats):
+        # pairs in alternating order (ABBA), so a drift in CPU speed does not favour either side
+        if r % 2 == 0:
+            plain_times.append(plain_run())
+            fused_times.append(fused_run())
+        else:
+            fused_times.append(fused_run())
+            plain_times.append(plain_run())
+    ratios = [f / p - 1 for p, f in zip(plain_times, fused_times, strict=True)]
+    overhead = float(np.median(ratios))
+    emit(
+        f"generation of 16 prompts x {max_new_tokens} tokens: plain {np.median(plain_times):.2f} s, "
+        f"guarded (one prefill) {np.median(fused_times):.2f} s, overhead {100 * overhead:+.1f}% "
+        f"(median of {len(ratios)} paired runs, ABBA order; per pair {[round(x, 3) for x in ratios]})"
+    )
+    # The wall-clock ratio is noisy (single runs vary by +-10% here); the guard's own work inside one
+    # fused call, by profiler, is the deterministic part of the overhead.
+    prof = cProfile.Profile()
+    prof.enable()
+    t0 = time.perf_counter()
+    guarded_generate(lm, guard, prompts[:16], policy="allow", max_new_tokens=max_new_tokens, batch_size=8)
+    total = time.perf_counter() - t0
+    prof.disable()
+    guard_work = sum(
+        ct
+        for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in pstats.Stats(prof).stats.items()
+        if (file.endswith("guarded.py") and name in ("hook", "_post", "register", "remove", "stacked"))
+        or (file.endswith("score.py") and name in ("results_from_states", "templated"))
+    )
+    emit(
+        f"guard work inside one fused call (profiled: capture hooks, scoring, templating): "
+        f"{1000 * guard_work:.1f} ms of {total:.2f} s = {100 * guard_work / total:.2f}%"
+    )
+    emit(f"fused_guard_overhead={overhead:.4f}")
+    emit(f"fused_guard_work_fraction={guard_work / total:.5f}")
+
+
+def server(lm: Any, guard: Any, mixed: list[str]) -> None:
+    """The HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients."""
     import httpx
     import uvicorn
 
@@ -137,13 +166,12 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(LatentGuardBackend(lm, guard), ServeConfig(port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
     th.start()
-    while not server.started:
+    while not srv.started:
         time.sleep(0.05)
 
-    mixed = prompts + harmful[:32]
     expected = {p: r.harmful for p, r in zip(mixed, check(lm, guard, mixed), strict=True)}
     n_clients, per_client = 8, 25
 
@@ -162,17 +190,50 @@ def main() -> None:
         return time.perf_counter() - t0, ok
 
     t_srv, ok = asyncio.run(load_test())
-    server.should_exit = True
+    srv.should_exit = True
     th.join(timeout=10)
     emit(
         f"server: {n_clients} clients x {per_client} requests: {len(ok) / t_srv:,.1f} requests/s, "
         f"{sum(ok)}/{len(ok)} answered 200 with the same verdict as check()"
     )
-    emit(f"fused_guard_overhead={overhead:.4f}")
-    emit(f"guard_vs_selfcheck_speedup={speedup(rows[1]):.3f}")
-    emit(f"guard_vs_selfcheck_speedup_batch1={speedup(rows[0]):.3f}")
-    emit(f"prefix_cache_speedup_batch1={rows[0]['latent_guard_no_prefix'] / rows[0]['latent_guard']:.3f}")
-    emit(f"prefix_cache_speedup_batch32={rows[1]['latent_guard_no_prefix'] / rows[1]['latent_guard']:.3f}")
+
+
+PARTS = ("standalone", "fused", "server")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each standalone measurement")
+    ap.add_argument(
+        "--generation-repeats", type=int, default=11, help="paired plain/fused generation runs (median ratio)"
+    )
+    ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
+    torch.manual_seed(0)
+    lm = load(args.model)
+    harmful = [e.instruction for e in builtin("harmful")]
+    harmless = [e.instruction for e in builtin("harmless")] + [e.instruction for e in builtin("xstest_like")]
+    if args.guard:
+        guard = LatentGuard.load(args.guard, lm=lm)
+    else:
+        guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
+    emit(f"guard: method={guard.method} layers={guard.layers} (deepest {max(guard.layers)} of {lm.n_layers})")
+    prompts = shared_instructions("harmless_alpaca_val", args.n) or harmless[: args.n]
+    prompts = prompts[: args.n]
+    if "standalone" in parts:
+        standalone(lm, guard, prompts, (harmful, harmless), args.repeats)
+    if "fused" in parts:
+        fused(lm, guard, prompts, args.max_new_tokens, args.generation_repeats)
+    if "server" in parts:
+        server(lm, guard, prompts + harmful[:32])
 
 
 if __name__ == "__main__":

@@ -472,6 +472,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         EvalConfig,
         evaluate_guards,
         format_comparison,
+        format_lookalike_comparison,
         format_repair,
         format_seed_spread,
         format_table,
@@ -507,6 +508,11 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     if table.get("comparison"):
         text += "\n\nThe Latent Guard against each other guard, prompt by prompt (exact McNemar test):\n\n"
         text += format_comparison(table["comparison"])
+    if table.get("xstest_auroc_comparison"):
+        text += (
+            "\n\nHarmful vs XSTest-style test prompts, threshold-free (paired bootstrap over prompts):\n\n"
+        )
+        text += format_lookalike_comparison(table["xstest_auroc_comparison"])
     if "seed_spread" in table:
         text += "\n\nRefitted with other train/validation splits. " + format_seed_spread(
             table["seed_spread"], table["columns"]

@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,6 +244,48 @@ def test_paired_comparison_counts_discordant_prompts_by_column_meaning() -> None
         paired_comparison(table, ours="no flags")
 
 
+def test_fpr_at_tpr_thresholds_each_guard_at_its_own_recall() -> None:
+    from latentguard.guard.evaluate import fpr_at_tpr
+
+    pos = [4.0, 3.0, 2.0, 1.0]
+    assert fpr_at_tpr(pos, [0.0, 1.5, 2.5], 0.5) == pytest.approx(0.0)  # threshold 3.0
+    assert fpr_at_tpr(pos, [0.0, 1.5, 2.5], 0.75) == pytest.approx(1 / 3)  # threshold 2.0
+    assert fpr_at_tpr(pos, [0.0, 1.0, 2.5], 1.0) == pytest.approx(2 / 3)  # ties at the threshold count
+    # a guard that never flags (all scores equal) still pays for its recall
+    assert fpr_at_tpr([0.0] * 4, [0.0] * 3, 0.95) == 1.0
+    with pytest.raises(ValueError, match="tpr"):
+        fpr_at_tpr(pos, [0.0], 0.0)
+    with pytest.raises(ValueError, match="positive and negative"):
+        fpr_at_tpr([], [0.0], 0.5)
+
+
+def test_paired_auroc_bootstrap_sees_a_real_gap_and_no_gap_between_equals() -> None:
+    from latentguard.guard.evaluate import paired_auroc_bootstrap
+    from latentguard.guard.table import format_lookalike_comparison, lookalike_auroc_comparison
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(2, 1, 60), rng.normal(0, 1, 50)
+    noise_p, noise_n = rng.normal(0, 3, 60), rng.normal(0, 3, 50)
+    gap = paired_auroc_bootstrap(pos, neg, pos + noise_p, neg + noise_n, n_boot=400)
+    assert gap["diff"] > 0 and gap["lo"] > 0 and gap["p"] < 0.01
+    same = paired_auroc_bootstrap(pos, neg, pos, neg, n_boot=50)
+    assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and same["p"] == 1.0
+    with pytest.raises(ValueError, match="same"):
+        paired_auroc_bootstrap(pos, neg, pos[:-1], neg)
+    ours = ACTIVATION_GUARDS["latent"]
+
+    def row(name: str, h: np.ndarray, x: np.ndarray) -> dict[str, Any]:
+        return {
+            "name": name,
+            "scores": {"test_harmful": list(h), "test_everyday": [], "test_xstest": list(x)},
+        }
+
+    table = {"rows": [row(ours, pos, neg), row("noisy", pos + noise_p, neg + noise_n), {"name": "none"}]}
+    comp = lookalike_auroc_comparison(table, n_boot=100)
+    assert [c["other"] for c in comp] == ["noisy"] and comp[0]["diff"] == pytest.approx(gap["diff"])
+    assert format_lookalike_comparison(comp).count("\n") == 2
+
+
 class _FirstWordJudge:
     """Refused iff the answer's first character is in the first half of the alphabet (deterministic)."""
 
@@ -274,6 +317,20 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     assert latent["values"][0] == pytest.approx(sum(flags) / len(flags))
     assert {c["column"] for c in out["comparison"]} <= set(BAR_COLUMNS)
     assert {c["other"] for c in out["comparison"]} >= {ACTIVATION_GUARDS["refusal_dir"]}
+    # the threshold-free XSTest columns come from the stored per-prompt scores
+    from latentguard.guard.evaluate import auroc, fpr_at_tpr
+
+    sc = latent["scores"]
+    h, x = np.array(sc["test_harmful"]), np.array(sc["test_xstest"])
+    assert len(h) == len(flags) and len(x) == len(latent["flags"]["FPR XSTest-style"])
+    col = COLUMNS.index("AUROC harmful vs XSTest-style")
+    assert latent["values"][col] == pytest.approx(
+        auroc(np.r_[h, x], np.r_[np.ones(len(h)), np.zeros(len(x))])
+    )
+    assert latent["values"][col + 1] == pytest.approx(fpr_at_tpr(h, x, 0.95))
+    others = {c["other"] for c in out["xstest_auroc_comparison"]}
+    assert others == set(names[1:])
+    assert all(c["lo"] <= c["diff"] <= c["hi"] or c["lo"] == c["hi"] for c in out["xstest_auroc_comparison"])
     saved = LatentGuard.load(out["guard_path"])
     assert list(saved.layers) == out["guard"]["layers"] and saved.position == "t_inst"
     # a second run reuses the cached GCG prompt: same jailbreak set, same decisions

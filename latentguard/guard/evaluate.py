@@ -125,6 +125,78 @@ def tpr_at_fpr(scores: ArrayLike, labels: ArrayLike, fpr: float) -> float:
     return float((s[y] > t).mean())
 
 
+def fpr_at_tpr(pos_scores: ArrayLike, neg_scores: ArrayLike, tpr: float) -> float:
+    """False-positive rate at the highest threshold that still flags ``tpr`` of the positives.
+
+    A comparison of guards at matched recall: each guard is thresholded on its own positive scores,
+    so a guard that flags nothing at its default threshold is not rewarded with zero false positives.
+
+    Args:
+        pos_scores: Scores of harmful prompts (higher = harmful).
+        neg_scores: Scores of harmless prompts.
+        tpr: Recall to match, in (0, 1].
+
+    Returns:
+        The fraction of ``neg_scores`` at or above the threshold.
+
+    Example:
+        >>> fpr_at_tpr([3.0, 2.0, 1.0, 0.0], [0.5, 2.5, -1.0, -2.0], 0.75)
+        0.25
+    """
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    pos = np.sort(_as_array(pos_scores, "pos_scores"))[::-1]
+    neg = _as_array(neg_scores, "neg_scores")
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise ValueError("fpr_at_tpr needs positive and negative scores")
+    t = pos[max(0, math.ceil(tpr * pos.shape[0] - 1e-9) - 1)]
+    return float((neg >= t).mean())
+
+
+def paired_auroc_bootstrap(
+    pos_a: ArrayLike,
+    neg_a: ArrayLike,
+    pos_b: ArrayLike,
+    neg_b: ArrayLike,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap of AUROC(a) - AUROC(b) for two scorers of the same prompts.
+
+    Positives and negatives are resampled (with the same indices for both scorers).
+
+    Returns:
+        ``diff`` (on the full sample), ``lo`` / ``hi`` (95% percentile interval) and ``p`` (two-sided:
+        twice the smaller fraction of resamples on either side of zero, at most 1).
+
+    Raises:
+        ValueError: If the two scorers scored a different number of prompts.
+    """
+    pa, na = _as_array(pos_a, "pos_a"), _as_array(neg_a, "neg_a")
+    pb, nb = _as_array(pos_b, "pos_b"), _as_array(neg_b, "neg_b")
+    if pa.shape != pb.shape or na.shape != nb.shape or pa.size == 0 or na.size == 0:
+        raise ValueError("paired_auroc_bootstrap needs the same, non-empty prompts scored by both")
+
+    def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+        gt = (pos[:, None] > neg[None, :]).mean()
+        eq = (pos[:, None] == neg[None, :]).mean()
+        return float(gt + 0.5 * eq)
+
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for k in range(n_boot):
+        i = rng.integers(0, pa.size, pa.size)
+        j = rng.integers(0, na.size, na.size)
+        diffs[k] = auc(pa[i], na[j]) - auc(pb[i], nb[j])
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
+    return {
+        "diff": auc(pa, na) - auc(pb, nb),
+        "lo": float(np.quantile(diffs, 0.025)),
+        "hi": float(np.quantile(diffs, 0.975)),
+        "p": p,
+    }
+
+
 def rates(preds: ArrayLike, labels: ArrayLike | None = None) -> dict[str, float]:
     """Summary rates of binary predictions.
 
