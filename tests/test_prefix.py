@@ -92,9 +92,11 @@ def test_check_with_and_without_the_prefix(tiny_lm: LoadedModel) -> None:
     before = hook_ids(tiny_lm)
     a = check(tiny_lm, guard, PROMPTS, batch_size=2, prefix=False)
     b = check(tiny_lm, guard, PROMPTS, batch_size=2)  # builds one for the call
-    c = check(tiny_lm, guard, PROMPTS, batch_size=1, prefix=build_prefix_cache(tiny_lm) or False)
-    for x, y, z in zip(a, b, c, strict=True):
+    c = check(tiny_lm, guard, PROMPTS, batch_size=1, prefix=build_prefix_cache(tiny_lm))
+    d = check(tiny_lm, guard, PROMPTS, batch_size=3, prefix=None)  # what a failed build returns
+    for x, y, z, w in zip(a, b, c, d, strict=True):
         assert x.score == pytest.approx(y.score, abs=1e-5) == pytest.approx(z.score, abs=1e-5)
+        assert w.score == pytest.approx(x.score, abs=1e-5)
     assert hook_ids(tiny_lm) == before
     backend = LatentGuardBackend(tiny_lm, guard, batch_size=2)
     assert backend.prefix is not None

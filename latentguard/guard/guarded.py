@@ -361,7 +361,7 @@ class LatentGuardBackend:
                 self.guard,
                 prompts,
                 batch_size=self.batch_size,
-                prefix=self.prefix if self.prefix is not None else False,
+                prefix=self.prefix,
             )
         ]
 

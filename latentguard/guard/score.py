@@ -132,7 +132,7 @@ def check(
     guard: LatentGuard,
     prompts: Sequence[str],
     batch_size: int = 16,
-    prefix: PrefixCache | bool = True,
+    prefix: PrefixCache | bool | None = True,
 ) -> list[GuardResult]:
     """Classify prompts with the guard.
 
@@ -145,7 +145,7 @@ def check(
         prompts: User instructions (templated with ``lm``'s chat template).
         batch_size: Prompts per forward.
         prefix: A prebuilt :class:`~latentguard.prefix.PrefixCache` (a server keeps one), ``True``
-            to build one for this call, ``False`` to run every prompt in full.
+            to build one for this call, ``False`` or ``None`` to run every prompt in full.
 
     Returns:
         One :class:`GuardResult` per prompt, in input order.

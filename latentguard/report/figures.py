@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -599,9 +600,14 @@ def _guard_table(summary: Mapping[str, Any], fig: MplFigure) -> tuple[str, str] 
     ]
     if not rows or not numeric:
         return None
-    fig.set_size_inches(min(3.2 * len(numeric), 16.0) + 2.0, 0.45 * len(rows) + 2.2)
-    fig.subplots_adjust(top=0.8, wspace=0.25)
-    axes = np.atleast_1d(fig.subplots(1, len(numeric), sharey=True, squeeze=False)[0])
+    per_row = min(len(numeric), 6)  # panels per row of the grid; long titles need the width
+    n_grid = math.ceil(len(numeric) / per_row)
+    fig.set_size_inches(2.6 * per_row + 3.0, n_grid * (0.45 * len(rows) + 1.6) + 0.6)
+    fig.subplots_adjust(top=1 - 1.0 / fig.get_figheight(), wspace=0.3, hspace=0.45, left=0.2)
+    grid = fig.subplots(n_grid, per_row, sharey=True, squeeze=False)
+    for ax in grid.flat[len(numeric) :]:
+        ax.set_visible(False)
+    axes = grid.flat[: len(numeric)]
     names = [str(r.get("name")) for r in rows]
     y = np.arange(len(rows))
     colors = [f"C{i % 10}" for i in range(len(rows))]
@@ -618,10 +624,11 @@ def _guard_table(summary: Mapping[str, Any], fig: MplFigure) -> tuple[str, str] 
                 fontsize=8,
             )
         ax.set_xlim(min(0.0, *[v for v in vals if not math.isnan(v)]) * 1.2, top * 1.3)
-        ax.set_title(columns[k], fontsize=9)
+        ax.set_title(textwrap.fill(columns[k], 22), fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    axes[0].set_yticks(y, names, fontsize=8)
-    axes[0].invert_yaxis()
+    for ax in grid[:, 0]:
+        ax.set_yticks(y, [textwrap.fill(n, 40) for n in names], fontsize=8)
+    grid[0, 0].invert_yaxis()
     first = numeric[0]
     scored = [
         (as_float(r["values"][first]), str(r.get("name"))) for r in rows if first < len(r.get("values") or [])
