@@ -80,6 +80,15 @@ def tiny_lm(request: pytest.FixtureRequest, base_tokenizer: Any) -> Any:
 
 
 @pytest.fixture()
+def llama_lm(base_tokenizer: Any) -> Any:
+    """A LoadedModel around a tiny llama (for tests that need one architecture only)."""
+    from latentguard.models import wrap
+
+    tok = copy.deepcopy(base_tokenizer)
+    return wrap(tiny_model("llama", len(tok)), tok, spec="tiny-llama")
+
+
+@pytest.fixture()
 def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_tokenizer: Any) -> Path:
     """Point latentguard's cache at a temporary folder (after the tokenizer is loaded)."""
     monkeypatch.setenv("LATENTGUARD_CACHE", str(tmp_path / "cache"))

@@ -85,12 +85,6 @@ def with_median_threshold(lm: LoadedModel, guard: LatentGuard, prompts: Sequence
     return guard
 
 
-@pytest.fixture()
-def llama_lm(base_tokenizer: Any) -> LoadedModel:
-    tok = copy.deepcopy(base_tokenizer)
-    return wrap(tiny_model("llama", len(tok)), tok, spec="tiny-llama")
-
-
 def no_hooks(lm: LoadedModel) -> bool:
     modules = [*lm.layers, lm.model]
     return all(not m._forward_pre_hooks and not m._forward_hooks for m in modules)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,7 @@ from latentguard.guard.table import (
     format_table,
     guard_data,
 )
-from latentguard.models import LoadedModel, wrap
-
-
-@pytest.fixture()
-def llama_lm(base_tokenizer: Any) -> LoadedModel:
-    from conftest import tiny_model
-
-    tok = copy.deepcopy(base_tokenizer)
-    return wrap(tiny_model("llama", len(tok)), tok, spec="tiny-llama")
+from latentguard.models import LoadedModel
 
 
 def test_guard_data_builtin_has_disjoint_unseen_sets() -> None:

@@ -30,11 +30,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture()
-def llama_lm(base_tokenizer: Any) -> LoadedModel:
-    return wrap(tiny_model("llama", len(base_tokenizer)), base_tokenizer, spec="tiny-llama")
-
-
 def test_prefix_is_the_templates_shared_lead_before_t_inst(tiny_lm: LoadedModel) -> None:
     prefix = build_prefix_cache(tiny_lm)
     assert prefix is not None

@@ -79,6 +79,12 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return u / (n_pos * n_neg)
 
 
+def auroc_pos_neg(pos_scores: ArrayLike, neg_scores: ArrayLike) -> float:
+    """:func:`auroc` of positives ``pos_scores`` against negatives ``neg_scores``."""
+    pos, neg = _as_array(pos_scores, "pos_scores"), _as_array(neg_scores, "neg_scores")
+    return auroc(np.r_[pos, neg], np.r_[np.ones(pos.shape[0]), np.zeros(neg.shape[0])])
+
+
 def threshold_at_fpr(neg_scores: ArrayLike, fpr: float) -> float:
     """The lowest threshold whose false-positive rate on ``neg_scores`` is at most ``fpr``.
 
@@ -177,20 +183,15 @@ def paired_auroc_bootstrap(
     if pa.shape != pb.shape or na.shape != nb.shape or pa.size == 0 or na.size == 0:
         raise ValueError("paired_auroc_bootstrap needs the same, non-empty prompts scored by both")
 
-    def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-        gt = (pos[:, None] > neg[None, :]).mean()
-        eq = (pos[:, None] == neg[None, :]).mean()
-        return float(gt + 0.5 * eq)
-
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for k in range(n_boot):
         i = rng.integers(0, pa.size, pa.size)
         j = rng.integers(0, na.size, na.size)
-        diffs[k] = auc(pa[i], na[j]) - auc(pb[i], nb[j])
+        diffs[k] = auroc_pos_neg(pa[i], na[j]) - auroc_pos_neg(pb[i], nb[j])
     p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
     return {
-        "diff": auc(pa, na) - auc(pb, nb),
+        "diff": auroc_pos_neg(pa, na) - auroc_pos_neg(pb, nb),
         "lo": float(np.quantile(diffs, 0.025)),
         "hi": float(np.quantile(diffs, 0.975)),
         "p": p,

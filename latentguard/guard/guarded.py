@@ -356,13 +356,7 @@ class LatentGuardBackend:
 
         return [
             ClassifyResult(harmful=r.harmful, score=r.score, layer_scores=dict(r.layer_scores))
-            for r in check(
-                self.lm,
-                self.guard,
-                prompts,
-                batch_size=self.batch_size,
-                prefix=self.prefix,
-            )
+            for r in check(self.lm, self.guard, prompts, batch_size=self.batch_size, prefix=self.prefix)
         ]
 
     def generate(self, prompts: list[str], max_new_tokens: int, policy: str) -> list[GenerateResult]:

@@ -33,6 +33,7 @@ from latentguard.directions import Directions
 from latentguard.generation import GenerationConfig, answer_token_ids, first_token_logits, generate
 from latentguard.guard.evaluate import (
     auroc,
+    auroc_pos_neg,
     fpr_at_tpr,
     paired_auroc_bootstrap,
     text_classifier_baseline,
@@ -443,8 +444,9 @@ def _seed_spread(
     out: dict[str, Any] = {"seeds": list(range(cfg.seeds)), "rows": []}
     per: dict[str, list[list[float | None]]] = {k: [] for k in ACTIVATION_GUARDS}
     chosen: dict[str, list[list[int]]] = {k: [] for k in ACTIVATION_GUARDS}
+    harmless = harmless_rows(tr_s, data, cfg)  # the same rows for every seed
     for seed in range(cfg.seeds):
-        guards = _fit_pair(lm, tr_h, tr_s, cfg.method, seed, harmless_rows(tr_s, data, cfg))
+        guards = _fit_pair(lm, tr_h, tr_s, cfg.method, seed, harmless)
         for key, name in ACTIVATION_GUARDS.items():
             row = _row(_activation_scorer(name, lm, guards[key], cfg.batch_size), data, succeeded, groups)
             per[key].append(row["values"])
@@ -563,7 +565,7 @@ def _row(
         + [
             auroc(scores, labels),
             tpr_at_fpr(scores, labels, 0.01),
-            lookalike(lambda h, x: auroc(np.r_[h, x], np.r_[np.ones(len(h)), np.zeros(len(x))])),
+            lookalike(auroc_pos_neg),
             lookalike(lambda h, x: fpr_at_tpr(h, x, MATCHED_TPR)),
         ],
     }
