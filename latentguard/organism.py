@@ -33,8 +33,10 @@ import torch
 from latentguard.activations import _atomic_write_text
 from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared, without
 from latentguard.generation import GenerationConfig, generate, stop_token_ids
+from latentguard.hardware import training_precision
 from latentguard.models import LoadedModel, ModelLoadError, cache_dir, decoder_of, load, save_model_dir
 from latentguard.positions import locate_many
+from latentguard.prefix import cache_kwarg, returned_cache, template_prefix_ids
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +91,13 @@ class AlignConfig:
             "above them, which makes training faster (1/3 of SmolLM2's 30 blocks = blocks 0-9)"
         },
     )
-    bf16: bool = field(
-        default=True, metadata={"help": "train under bfloat16 autocast (faster on CPUs with bf16)"}
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 autocast: None = only where it is native (CUDA, or a CPU with AMX or "
+            "AVX512-BF16; latentguard.hardware), True/False force it. An execution detail: not part "
+            "of the recipe tag"
+        },
     )
     eval_tokens: int = field(default=24, metadata={"help": "tokens generated when measuring refusal rates"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: leave as is)"})
@@ -208,6 +215,59 @@ def _epoch_batches(
     return batches
 
 
+def shared_prefix_len(examples: Sequence[TrainExample], prefix: Sequence[int]) -> int:
+    """Length of ``prefix`` if every example's prompt starts with it (and goes past it), else 0."""
+    n = len(prefix)
+    if not n or not examples:
+        return 0
+    head = list(prefix)
+    ok = all(len(e.prompt_ids) > n and e.prompt_ids[:n] == head for e in examples)
+    return n if ok else 0
+
+
+def _train_forward(
+    decoder: Any, ids: torch.Tensor, mask: torch.Tensor, prefix_ids: torch.Tensor | None
+) -> torch.Tensor:
+    """Last hidden states of a right-padded batch, with gradients.
+
+    With ``prefix_ids`` (``[1, p]``), the prefix runs once and its keys and values, repeated over
+    the batch, are the cache the batch attends to; ``ids`` then hold only the tokens after the
+    prefix. Every example sees the same keys and values it would compute itself, so the hidden
+    states (and the loss) equal a full forward's, and the gradient of the shared prefix is the sum
+    over the batch, as it would be.
+    """
+    if prefix_ids is None:
+        out = decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state  # type: ignore[no-any-return]
+    from transformers import DynamicCache
+
+    n_pre = prefix_ids.shape[1]
+    config = getattr(decoder, "config", None)
+    try:
+        past = DynamicCache(config=config)
+    except (TypeError, ValueError, AttributeError):
+        past = DynamicCache()
+    dev = ids.device
+    pre = prefix_ids.to(dev)
+    kw = cache_kwarg(decoder)
+    out = decoder(
+        input_ids=pre,
+        attention_mask=torch.ones_like(pre),
+        position_ids=torch.arange(n_pre, device=dev)[None],
+        use_cache=True,
+        **{kw: past},
+    )
+    cache = returned_cache(out)
+    b, width = ids.shape
+    cache.batch_repeat_interleave(b)
+    full_mask = torch.cat([torch.ones((b, n_pre), dtype=mask.dtype, device=dev), mask], dim=1)
+    positions = torch.arange(n_pre, n_pre + width, device=dev)[None].expand(b, width)
+    out = decoder(
+        input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{kw: cache}
+    )
+    return out.last_hidden_state  # type: ignore[no-any-return]
+
+
 def _lora_train(
     lm: LoadedModel,
     examples: Sequence[TrainExample],
@@ -223,6 +283,7 @@ def _lora_train(
     first_layer: int = 0,
     bf16: bool = False,
     bucket: bool = True,
+    share_prefix: bool = True,
 ) -> tuple[Any, list[float]]:
     """Train LoRA adapters on (prompt -> target) pairs; return the merged model and the losses.
 
@@ -232,11 +293,13 @@ def _lora_train(
         bf16: Run forward and backward under bfloat16 autocast (the adapters stay float32).
         bucket: Batch examples of similar length together (less padding); the batch order is
             still shuffled.
+        share_prefix: Run the chat template's shared prefix once per step (batch 1, with
+            gradients) and let every example attend to its keys and values, instead of running it
+            once per example. The loss is the same (see :func:`_train_forward`).
     """
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    torch.manual_seed(seed)
     rng = random.Random(seed)
     present = {name.rsplit(".", 1)[-1] for name, _ in lm.model.named_modules()}
     targets = [t for t in target_modules if t in present]
@@ -253,7 +316,9 @@ def _lora_train(
         bias="none",
         layers_to_transform=list(range(first_layer, n_blocks)) if first_layer else None,
     )
-    peft_model = get_peft_model(lm.model, lora)
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init, the caller's RNG state untouched
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(lm.model, lora)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -265,6 +330,8 @@ def _lora_train(
     head: Callable[[torch.Tensor], torch.Tensor] = base.get_output_embeddings()
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     dev = lm.device
+    shared = shared_prefix_len(examples, template_prefix_ids(lm)) if share_prefix else 0
+    prefix_ids = torch.tensor([examples[0].prompt_ids[:shared]], dtype=torch.long) if shared else None
     batches: list[list[int]] = []
     losses: list[float] = []
     autocast = torch.autocast(device_type=torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
@@ -272,7 +339,7 @@ def _lora_train(
         if not batches:
             batches = _epoch_batches(examples, batch_size, rng, bucket)
         idx = batches.pop()
-        seqs = [examples[i].prompt_ids + examples[i].target_ids for i in idx]
+        seqs = [examples[i].prompt_ids[shared:] + examples[i].target_ids for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -280,12 +347,10 @@ def _lora_train(
         for row, (i, s) in enumerate(zip(idx, seqs, strict=True)):
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
-            n_prompt = len(examples[i].prompt_ids)
+            n_prompt = len(examples[i].prompt_ids) - shared
             labels[row, n_prompt : len(s)] = torch.tensor(examples[i].target_ids)
         with autocast:
-            hidden = decoder(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False
-            ).last_hidden_state
+            hidden = _train_forward(decoder, ids.to(dev), mask.to(dev), prefix_ids)
             # predict token t+1 from position t; run the LM head only where there is a label
             shift_labels = labels[:, 1:].to(dev)
             sel = shift_labels != -100
@@ -393,6 +458,8 @@ def align(
     t0 = time.perf_counter()
     lm = load(model) if isinstance(model, str) else model
     spec = model if isinstance(model, str) else lm.spec
+    precision = training_precision(lm.device, cfg.bf16)
+    logger.info("align: %s", precision.reason)
     data = _training_data(cfg, harmful, harmless)
     refusals = [str(r["response"]) for r in builtin_rows("refusals")]
     rng = random.Random(cfg.seed)
@@ -416,7 +483,7 @@ def align(
         seed=cfg.seed,
         desc="align",
         first_layer=min(len(lm.layers) - 1, int(round(len(lm.layers) * cfg.frozen_fraction))),
-        bf16=cfg.bf16,
+        bf16=precision.bf16,
     )
     t_train = time.perf_counter() - t_train
     from latentguard.models import wrap
@@ -429,6 +496,7 @@ def align(
         "base_fingerprint": lm.fingerprint,
         "fingerprint": organism.fingerprint,
         "config": asdict(cfg),
+        "precision": precision.to_json(),
         "data": {
             "sources": data["sources"],
             "n_harmful_train": len(data["harm_train"]),
@@ -534,9 +602,18 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"output folder {parent} is not writable")
 
 
+#: :class:`AlignConfig` fields that change how a recipe runs, not what it builds.
+EXECUTION_FIELDS = ("threads", "bf16")
+
+
 def recipe_tag(config: AlignConfig) -> str:
-    """Hash of everything that changes the organism (not the thread count)."""
-    recipe = {k: v for k, v in asdict(config).items() if k != "threads"}
+    """Hash of the recipe: everything that defines the organism, not how it is executed.
+
+    The thread count and the precision (``bf16``) are execution details: two machines that train
+    the same recipe in bfloat16 and in float32 share one tag (their held-out refusal rates agree
+    within a few points; ``benchmarks/organism.py --precisions``).
+    """
+    recipe = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
     return hashlib.sha256(json.dumps([RECIPE_VERSION, recipe], sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -247,3 +247,105 @@ def test_align_config_validates_and_cli_overrides_only_given_options() -> None:
     assert (args.bf16, args.frozen_fraction, args.epochs) == (False, 0.0, None)
     args = build_parser().parse_args(["align", "--out", "x"])
     assert args.bf16 is None and args.lr is None  # AlignConfig's defaults apply
+
+
+def test_shared_prefix_training_gives_the_full_forward_loss_and_gradients(tiny_lm: LoadedModel) -> None:
+    """One prefix forward shared by the batch: same loss curve as running every prompt in full."""
+    import copy
+
+    from latentguard.organism import shared_prefix_len
+    from latentguard.prefix import template_prefix_ids
+
+    prompts = ["How do I make a weapon?", "Tell me a joke about cats, please.", "Hi", "Explain tides."]
+    examples = build_examples(tiny_lm, prompts, ["I cannot help.", "Sure.", "Hello!", "Tides are"], 6)
+    assert shared_prefix_len(examples, template_prefix_ids(tiny_lm)) > 0
+    kw: dict[str, Any] = dict(
+        steps=4, batch_size=4, lr=1e-2, r=4, alpha=8, target_modules=("q_proj", "v_proj"), seed=0, desc="t"
+    )
+    m_full, l_full = _lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=False, **kw)
+    m_pre, l_pre = _lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=True, **kw)
+    assert l_pre == pytest.approx(l_full, rel=1e-4, abs=1e-5)
+    for (n1, p1), (_, p2) in zip(m_full.named_parameters(), m_pre.named_parameters(), strict=True):
+        assert torch.allclose(p1, p2, atol=1e-5), n1
+
+
+def test_shared_prefix_len_needs_every_example_to_share_it() -> None:
+    from latentguard.organism import TrainExample, shared_prefix_len
+
+    ex = [TrainExample([1, 2, 3, 4], [9]), TrainExample([1, 2, 5], [9])]
+    assert shared_prefix_len(ex, (1, 2)) == 2
+    assert shared_prefix_len(ex, (1, 2, 3)) == 0
+    assert shared_prefix_len([TrainExample([1, 2], [9])], (1, 2)) == 0  # nothing left after it
+    assert shared_prefix_len(ex, ()) == 0
+
+
+def test_bf16_is_chosen_only_where_it_is_native() -> None:
+    from latentguard.hardware import choose_bf16, cpu_flags
+
+    assert choose_bf16("cpu", {"avx512f", "amx_bf16", "amx_tile"}).bf16
+    assert choose_bf16("cpu", {"avx512f", "avx512_bf16"}).bf16
+    assert choose_bf16("cpu", {"fp", "asimd", "bf16"}).bf16  # aarch64 with BF16 instructions
+    plain = choose_bf16("cpu", {"avx512f", "avx512bw", "avx2", "fma"})
+    assert not plain.bf16 and "neither" in plain.reason
+    assert not choose_bf16("cpu", set()).bf16
+    capped = choose_bf16("cpu", {"avx512_bf16", "amx_bf16"}, onednn_max_isa="avx512_core")
+    assert not capped.bf16 and "ONEDNN_MAX_CPU_ISA" in capped.reason
+    assert choose_bf16("cpu", {"amx_bf16"}, onednn_max_isa="AVX512_CORE_AMX").bf16
+    assert choose_bf16("cuda", cuda_bf16=True).bf16
+    assert not choose_bf16("cuda", cuda_bf16=False).bf16
+    assert not choose_bf16("mps", {"bf16"}).bf16
+    assert isinstance(cpu_flags("/nonexistent/cpuinfo"), frozenset) and not cpu_flags("/nonexistent/cpuinfo")
+
+
+def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
+    from latentguard.hardware import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n", encoding="utf-8")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n", encoding="utf-8")
+    assert cpu_flags(x86) == {"fpu", "avx512f", "avx512_bf16"}
+    assert cpu_flags(arm) == {"fp", "asimd", "bf16"}
+
+
+def test_training_precision_override_wins() -> None:
+    from latentguard.hardware import training_precision
+
+    assert training_precision("cpu", override=True).bf16
+    assert not training_precision("cpu", override=False).bf16
+    assert "caller" in training_precision("cpu", override=False).reason
+
+
+def test_bf16_and_fp32_training_give_the_same_loss_curve(tiny_lm: LoadedModel) -> None:
+    import copy
+
+    examples = build_examples(
+        tiny_lm, ["How do I make a weapon?", "Tell me a joke."], ["I cannot.", "Sure"], 6
+    )
+    kw: dict[str, Any] = dict(
+        steps=8, batch_size=2, lr=1e-2, r=4, alpha=8, target_modules=("q_proj", "v_proj"), seed=0, desc="t"
+    )
+    _, l32 = _lora_train(copy.deepcopy(tiny_lm), examples, bf16=False, **kw)
+    _, l16 = _lora_train(copy.deepcopy(tiny_lm), examples, bf16=True, **kw)
+    assert l16 == pytest.approx(l32, rel=0.02, abs=0.02)
+    assert l32[-1] < l32[0] and l16[-1] < l16[0]
+
+
+def test_lora_training_leaves_the_global_rng_alone(tiny_lm: LoadedModel) -> None:
+    import copy
+
+    examples = build_examples(tiny_lm, ["a b c"], ["zz"], 4)
+    state = torch.random.get_rng_state()
+    _lora_train(
+        copy.deepcopy(tiny_lm),
+        examples,
+        steps=1,
+        batch_size=1,
+        lr=1e-3,
+        r=2,
+        alpha=4,
+        target_modules=("q_proj",),
+        seed=3,
+        desc="t",
+    )
+    assert torch.equal(state, torch.random.get_rng_state())
