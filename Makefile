@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo study test lint bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -21,7 +21,11 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/latentguard run --model organism --out runs/demo $(DEMO_ARGS)
+	$(VENV)/bin/latentguard run --size demo --model organism --out runs/demo $(DEMO_ARGS)
+
+# the full study (every set at its reported size); see the README for how long it takes
+study: setup
+	$(VENV)/bin/latentguard run --size full --model organism --out runs/study
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,75 +1,197 @@
-"""Build the model organism and measure refusal rates of base, organism and attacked organism.
+"""The model organism: CPU flags, training step time per precision, build time, refusal rates.
 
-Prints the wall time of ``align`` and ``attack``, then a table of refusal rates (learned judge) on
-three sets the organism never saw: unseen harmful (HarmBench test), unseen everyday (Alpaca val)
-and XSTest-style safe prompts -- from ../shared/data, or the built-in held-out splits when absent.
+Prints, in order:
 
-    python benchmarks/organism.py [--n 100] [--out runs/bench-organism] [--reuse]
+1. the CPU flags found and the precision ``align`` picks by default (``latentguard.hardware``);
+2. the step time of the default recipe's training in bfloat16 autocast and in float32 (a few steps
+   each on the same batches; the ratio is what matters, both are measured in this run);
+3. the wall time of a full ``align`` with the default choice (base answers, training, evaluation);
+4. refusal rates on three sets the organism never saw (unseen harmful = HarmBench test, unseen
+   everyday = Alpaca val, XSTest safe; or the built-in held-out splits without ../shared), judged by
+   the keyword (substring) judge and the learned judge, for the base model, the shipped organism
+   (when the package ships one), the rebuilt one and the attacked one.
+
+    python benchmarks/organism.py [--n 150] [--out runs/bench-organism] [--reuse] [--other-precision]
+
+``--other-precision`` also builds the organism in the other precision and adds its rates (the two
+should agree within a few points: precision is not part of the recipe tag).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import emit, shared_instructions
 
 from latentguard.data import builtin
+from latentguard.generation import GenerationConfig, generate
+from latentguard.hardware import cpu_flags, training_precision
 from latentguard.judge import load_judge
 from latentguard.models import load
-from latentguard.organism import AlignConfig, AttackConfig, align, attack, refusal_rates
+from latentguard.organism import (
+    SHIPPED_DIR,
+    AlignConfig,
+    AttackConfig,
+    align,
+    attack,
+    build_examples,
+    lora_train,
+    organism_from_adapter,
+    shipped_organism,
+)
+
+
+def step_times(steps: int) -> dict[str, float]:
+    """Seconds per training step of the default recipe's shape, bf16 autocast and fp32."""
+    cfg = AlignConfig()
+    base = load("default")
+    insts = [e.instruction for e in builtin("harmful")][:64] + [e.instruction for e in builtin("harmless")][
+        :64
+    ]
+    targets = ["I can't help with that request, sorry."] * len(insts)
+    examples = build_examples(base, insts, targets, cfg.max_response_tokens)
+    out: dict[str, float] = {}
+    for name, bf16 in (("bf16", True), ("fp32", False)):
+        lm = copy.deepcopy(base)
+        lora_train(
+            lm,
+            examples,
+            steps=1,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            target_modules=cfg.target_modules,
+            seed=0,
+            desc="warm-up",
+            first_layer=10,
+            bf16=bf16,
+        )
+        lm = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        lora_train(
+            lm,
+            examples,
+            steps=steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            target_modules=cfg.target_modules,
+            seed=0,
+            desc=name,
+            first_layer=10,
+            bf16=bf16,
+        )
+        out[name] = (time.perf_counter() - t0) / steps
+    return out
+
+
+def eval_sets(n: int, org_meta: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The three unseen sets (../shared/data, else the built-in held-out splits)."""
+    shared = {
+        "harmful(unseen)": shared_instructions("harmful_harmbench_test", n),
+        "everyday(unseen)": shared_instructions("harmless_alpaca_val", n),
+        "xstest_safe": shared_instructions("xstest_safe", n),
+    }
+    if all(v for v in shared.values()):
+        return {k: list(v or []) for k, v in shared.items()}
+    meta = org_meta or {}
+    return {
+        "harmful(heldout builtin)": list(meta.get("data", {}).get("heldout_harmful", [])),
+        "everyday(heldout builtin)": list(meta.get("data", {}).get("heldout_harmless", [])),
+        "xstest_like(builtin)": [e.instruction for e in builtin("xstest_like")][:n],
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=100, help="prompts per evaluation set")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=150, help="prompts per evaluation set")
     ap.add_argument("--out", default="runs/bench-organism")
     ap.add_argument("--reuse", action="store_true", help="reuse models already built under --out")
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4, help="steps timed per precision (0: skip)")
+    ap.add_argument("--other-precision", action="store_true", help="also build in the other precision")
+    ap.add_argument("--no-attack", action="store_true")
+    ap.add_argument("--judges", default="substring,learned")
     args = ap.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
-    org_dir, att_dir = out / "organism", out / "attacked"
+    out.mkdir(parents=True, exist_ok=True)
+    flags = sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2")))
+    default = training_precision(torch.device("cpu"), None)
+    emit(
+        f"cpu_flags={','.join(flags) or '(none of amx/avx512/avx2)'} torch_threads={torch.get_num_threads()}"
+    )
+    emit(f"default_precision={'bf16' if default.bf16 else 'fp32'} ({default.reason})")
+    if args.steps:
+        st = step_times(args.steps)
+        emit(
+            f"step_s bf16={st['bf16']:.2f} fp32={st['fp32']:.2f} (bf16/fp32 = {st['bf16'] / st['fp32']:.2f})"
+        )
+
+    builds: dict[str, Path] = {}
+    org_dir = out / "organism"
     if not (args.reuse and (org_dir / "organism.json").is_file()):
         t0 = time.perf_counter()
-        rep = align("default", org_dir, AlignConfig(), evaluate=False)
+        rep = align("default", org_dir, AlignConfig())
+        s = rep["seconds"]
         emit(
-            f"align_wall_s={time.perf_counter() - t0:.1f} (base answers {rep['seconds']['base_answers']} s, "
-            f"train {rep['seconds']['train']} s, {rep['steps']} steps)"
+            f"align_wall_s={time.perf_counter() - t0:.1f} (base answers {s['base_answers']} s, train "
+            f"{s['train']} s, {rep['steps']} steps, eval {s.get('eval')} s; "
+            f"{'bf16' if rep['precision']['bf16'] else 'fp32'})"
         )
-    if not (args.reuse and (att_dir / "attack.json").is_file()):
+    builds["organism(rebuilt)"] = org_dir
+    if args.other_precision:
+        other = out / "organism-other"
+        if not (args.reuse and (other / "organism.json").is_file()):
+            t0 = time.perf_counter()
+            align("default", other, AlignConfig(bf16=not default.bf16), evaluate=False)
+            emit(f"align_other_precision_wall_s={time.perf_counter() - t0:.1f}")
+        builds[f"organism({'fp32' if default.bf16 else 'bf16'})"] = other
+    if shipped_organism() is not None:
         t0 = time.perf_counter()
-        attack(str(org_dir), att_dir, AttackConfig())
-        emit(f"attack_wall_s={time.perf_counter() - t0:.1f}")
-    sets = {
-        "harmful(unseen)": shared_instructions("harmful_harmbench_test", args.n),
-        "everyday(unseen)": shared_instructions("harmless_alpaca_val", args.n),
-        "xstest_safe": shared_instructions("xstest_safe", args.n),
-    }
-    if any(v is None for v in sets.values()):
-        meta = json.loads((org_dir / "organism.json").read_text())
-        sets = {
-            "harmful(heldout builtin)": meta["data"]["heldout_harmful"],
-            "everyday(heldout builtin)": meta["data"]["heldout_harmless"],
-            "xstest_like(builtin)": [e.instruction for e in builtin("xstest_like")],
-        }
-    judge = load_judge()
-    emit(f"judge={judge.name} n_per_set={args.n}")
+        organism_from_adapter(SHIPPED_DIR, out / "organism-shipped")
+        emit(f"shipped_merge_wall_s={time.perf_counter() - t0:.1f}")
+        builds["organism(shipped)"] = out / "organism-shipped"
+    if not args.no_attack:
+        att_dir = out / "attacked"
+        if not (args.reuse and (att_dir / "attack.json").is_file()):
+            t0 = time.perf_counter()
+            attack(str(org_dir), att_dir, AttackConfig())
+            emit(f"attack_wall_s={time.perf_counter() - t0:.1f}")
+        builds["attacked"] = att_dir
+
+    meta = json.loads((org_dir / "organism.json").read_text(encoding="utf-8"))
+    sets = eval_sets(args.n, meta)
+    judges = [j for j in args.judges.split(",") if j]
+    emit(f"judges={judges} n_per_set={[len(v) for v in sets.values()]} max_new_tokens={args.max_new_tokens}")
     table: dict[str, dict[str, float]] = {}
-    for name, spec in (("base", "default"), ("organism", str(org_dir)), ("attacked", str(att_dir))):
+    loaded = [load_judge(j) for j in judges]
+    for name, spec in (("base", "default"), *((k, str(v)) for k, v in builds.items())):
         lm = load(spec)
         t0 = time.perf_counter()
-        rates = refusal_rates(lm, {k: v for k, v in sets.items() if v}, args.max_new_tokens)
-        table[name] = {k: v["refusal_rate"] for k, v in rates.items()}
+        answers = {
+            k: generate(lm, v, GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=32))
+            for k, v in sets.items()
+        }
+        for judge in loaded:
+            table[f"{name} [{judge.name}]"] = {
+                k: sum(j.refused for j in judge.judge(answers[k], sets[k])) / max(1, len(sets[k]))
+                for k in sets
+            }
         emit(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s")
-    cols = list(next(iter(table.values())))
-    emit("model      " + "".join(f"{c:>26}" for c in cols))
+    cols = list(sets)
+    emit(f"{'model [judge]':<32}" + "".join(f"{c:>26}" for c in cols))
     for name, row in table.items():
-        emit(f"{name:<11}" + "".join(f"{row[c]:>26.1%}" for c in cols))
-    (out / "refusal_table.json").write_text(json.dumps(table, indent=1))
+        emit(f"{name:<32}" + "".join(f"{row[c]:>26.1%}" for c in cols))
+    (out / "refusal_table.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

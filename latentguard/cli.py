@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         "lora_r": args.lora_r,
         "frozen_fraction": args.frozen_fraction,
         "bf16": args.bf16,
+        "first_token_weight": args.first_token_weight,
+        "hard_harmless": args.hard_harmless,
     }
     cfg = AlignConfig(
         seed=args.seed,
@@ -307,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from latentguard.analysis.study import StudyConfig, run_study
 
     cfg = StudyConfig(
-        quick=args.quick,
+        size="quick" if args.quick else args.size,
         seed=args.seed,
         use_shared=not args.builtin_only,
         attack=not args.no_attack,
@@ -315,6 +318,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         guard_eval=args.guard_eval,
     )
     summary = run_study(args.model, args.out, cfg, progress=None if args.quiet else logger.info)
+    from latentguard.analysis.study import STAGE_DESCRIPTIONS
+    from latentguard.report.html import build_report
+
+    logger.info("stage report: %s ...", STAGE_DESCRIPTIONS["report"])
+    t0 = time.perf_counter()
+    build_report(summary, Path(args.out))
+    summary["meta"]["timings"]["report"] = round(time.perf_counter() - t0, 1)
+    summary["meta"]["timings"]["total"] = round(
+        summary["meta"]["timings"]["total"] + summary["meta"]["timings"]["report"], 1
+    )
+    (Path(args.out) / "summary.json").write_text(
+        json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     _print_json(
         {
             "out": args.out,
@@ -556,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for this process (default: torch's, one per core)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("positions", help="print t_inst / t_post_inst of a prompt as JSON")
@@ -635,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frozen-fraction", type=float, default=None, help="lowest fraction of blocks without adapters"
     )
+    p.add_argument("--first-token-weight", type=float, default=None, help="default: AlignConfig's")
+    p.add_argument(
+        "--hard-harmless", type=int, default=None, help="Alpaca rows nearest the harmful ones (AlignConfig's)"
+    )
     p.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast training"
     )
@@ -653,7 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole study: summary.json, figures, report.html")
     p.add_argument("--model", default="organism")
     p.add_argument("--out", default="runs/study")
-    p.add_argument("--quick", action="store_true", help="small sets, coarse sweeps (CI)")
+    p.add_argument(
+        "--size",
+        choices=("quick", "demo", "full"),
+        default="full",
+        help="preset sizes: quick (CI, minutes), demo (`make demo`: every section within 15 minutes on "
+        "2 cores, setup included), full (the study as reported)",
+    )
+    p.add_argument("--quick", action="store_true", help="the same as --size quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--coefficient", type=float, default=1.0)
     p.add_argument("--builtin-only", action="store_true")
@@ -779,6 +812,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``latentguard`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)  # the entry point owns process state, not the library
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

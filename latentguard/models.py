@@ -371,9 +371,15 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
 
 def save_model_dir(
-    model: nn.Module, tokenizer: Any, out: Path, extra_files: dict[str, str] | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    out: Path,
+    extra_files: dict[str, str] | None = None,
+    extra_binary: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a transformers model directory atomically (config, safetensors, tokenizer).
+
+    ``extra_files`` (text) and ``extra_binary`` (bytes) are written beside them.
 
     Works for models that cannot ``save_pretrained`` directly (e.g. dequantised GGUF loads):
     it writes the config and the state dict itself.
@@ -407,6 +413,8 @@ def save_model_dir(
         tokenizer.save_pretrained(str(tmp))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        for name, blob in (extra_binary or {}).items():
+            (tmp / name).write_bytes(blob)
         if out.exists():
             old = out.with_name(f".{out.name}.old.{os.getpid()}")
             out.rename(old)
@@ -434,18 +442,36 @@ def default_model_dir() -> Path:
     return out
 
 
+#: Entry-point group of model aliases: each entry maps a name (``organism``) to a callable that
+#: returns the model directory it stands for. Modules above this one register into it (see
+#: ``pyproject.toml``), so the loader resolves ``organism`` without knowing what an organism is.
+ALIAS_GROUP = "latentguard.model_aliases"
+
+
+def alias_resolvers() -> dict[str, Any]:
+    """The registered model aliases: name -> entry point (loaded only when the alias is used)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ALIAS_GROUP)}
+
+
 def resolve_spec(spec: str) -> str:
-    """Turn an alias into a concrete path; leave ids and paths unchanged."""
+    """Turn an alias into a concrete path; leave ids and paths unchanged.
+
+    ``default`` is the dequantised embedded model; other aliases come from the
+    :data:`ALIAS_GROUP` entry points (``organism`` and ``attacked`` ship with latentguard).
+    """
     if spec == "default":
         return str(default_model_dir())
-    if spec == "organism":
-        from latentguard.organism import organism_dir
-
-        return str(organism_dir())
-    if spec == "attacked":
-        from latentguard.organism import attacked_dir
-
-        return str(attacked_dir())
+    if spec in OWN_ALIASES or ":" not in spec and not Path(spec).exists():
+        resolver = alias_resolvers().get(spec)
+        if resolver is not None:
+            return str(resolver.load()())
+        if spec in OWN_ALIASES:
+            raise ModelLoadError(
+                f"model alias {spec!r} is not registered (entry point group {ALIAS_GROUP!r}); "
+                "reinstall latentguard (`pip install -e .`)"
+            )
     return spec
 
 

@@ -42,7 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the recipe changes, so cached organisms are rebuilt.
 #: 3: HarmBench-test prompts (TDC 2023 shares 30 behaviours with them) are kept out of training.
-RECIPE_VERSION = 3
+#: 4: the fast recipe (rank 8, short targets, a weighted first target token, hard harmless rows);
+#:    the adapter is saved in float16 and merged from those factors, so it can ship as package data.
+RECIPE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,25 @@ class AlignConfig:
     """Hyper-parameters of :func:`align` (and, with other defaults, :func:`attack`)."""
 
     seed: int = field(default=0, metadata={"help": "seed for splits, shuffling and LoRA init"})
-    epochs: float = field(default=2.0, metadata={"help": "passes over the training set"})
+    epochs: float = field(default=1.4, metadata={"help": "passes over the training set"})
     batch_size: int = field(default=16, metadata={"help": "examples per optimiser step"})
-    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lr: float = field(default=8e-4, metadata={"help": "AdamW learning rate"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         metadata={"help": "module names that get LoRA adapters"},
     )
     max_response_tokens: int = field(
-        default=16, metadata={"help": "refusal target tokens trained per example"}
+        default=8, metadata={"help": "refusal target tokens trained per example"}
     )
-    answer_tokens: int = field(
-        default=12, metadata={"help": "tokens of the base model's own answers trained"}
+    answer_tokens: int = field(default=6, metadata={"help": "tokens of the base model's own answers trained"})
+    first_token_weight: float = field(
+        default=3.0,
+        metadata={
+            "help": "loss weight of each target's first token (where refuse-or-answer is decided); "
+            "the other target tokens weigh 1"
+        },
     )
     heldout_fraction: float = field(default=0.2, metadata={"help": "built-in rows kept out of training"})
     extra_shared: bool = field(
@@ -74,15 +81,29 @@ class AlignConfig:
     )
     shared_harmful: tuple[tuple[str, int], ...] = field(
         default=(
-            ("harmful_advbench", 60),
+            ("harmful_advbench", 100),
             ("harmful_harmbench_val", 41),
-            ("harmful_tdc2023", 40),
-            ("harmful_malicious_instruct", 40),
+            ("harmful_tdc2023", 70),
+            ("harmful_malicious_instruct", 80),
         ),
         metadata={"help": "(../shared/data set, rows) added to the harmful training set when extra_shared"},
     )
     n_shared_harmless: int = field(
-        default=900, metadata={"help": "Alpaca-train rows added when extra_shared"}
+        default=600, metadata={"help": "Alpaca-train rows added when extra_shared"}
+    )
+    hard_harmless: int = field(
+        default=300,
+        metadata={
+            "help": "further Alpaca-train rows, those most similar (TF-IDF cosine) to the harmful training "
+            "instructions, trained towards their own answers: they teach where the boundary is"
+        },
+    )
+    harmless_questions: bool = field(
+        default=True,
+        metadata={
+            "help": "add builtin:harmless_questions (everyday requests in the forms harmful ones take: "
+            "'How can I ...', 'Give me ...', 'Ways to ...'), trained towards their own answers"
+        },
     )
     frozen_fraction: float = field(
         default=1 / 3,
@@ -99,8 +120,7 @@ class AlignConfig:
             "of the recipe tag"
         },
     )
-    eval_tokens: int = field(default=24, metadata={"help": "tokens generated when measuring refusal rates"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: leave as is)"})
+    eval_tokens: int = field(default=16, metadata={"help": "tokens generated when measuring refusal rates"})
 
     def __post_init__(self) -> None:
         if not (self.epochs > 0 and self.lr > 0):
@@ -109,6 +129,11 @@ class AlignConfig:
             raise ValueError(f"batch_size and lora_r must be >= 1, got {self.batch_size} and {self.lora_r}")
         if not 0.0 <= self.frozen_fraction < 1.0:
             raise ValueError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
+        if self.first_token_weight <= 0 or self.hard_harmless < 0:
+            raise ValueError(
+                f"first_token_weight must be positive and hard_harmless >= 0, got "
+                f"{self.first_token_weight} and {self.hard_harmless}"
+            )
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,10 @@ class AttackConfig:
     max_response_tokens: int = field(default=24, metadata={"help": "target tokens per example"})
     base_model: str = field(
         default="default", metadata={"help": "un-aligned model whose answers are targets"}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 autocast: None = only where native (as AlignConfig.bf16)"},
     )
 
 
@@ -268,7 +297,7 @@ def _train_forward(
     return out.last_hidden_state  # type: ignore[no-any-return]
 
 
-def _lora_train(
+def lora_train(
     lm: LoadedModel,
     examples: Sequence[TrainExample],
     *,
@@ -284,8 +313,15 @@ def _lora_train(
     bf16: bool = False,
     bucket: bool = True,
     share_prefix: bool = True,
-) -> tuple[Any, list[float]]:
-    """Train LoRA adapters on (prompt -> target) pairs; return the merged model and the losses.
+    first_token_weight: float = 1.0,
+) -> tuple[Any, list[float], dict[str, torch.Tensor]]:
+    """Train LoRA adapters on (prompt -> target) pairs.
+
+    The trained factors are rounded to float16 (:func:`adapter_factors`) and merged from those, so
+    a saved adapter rebuilds exactly this model (:func:`merge_adapter`).
+
+    Returns:
+        The merged model, the loss per step and the float16 adapter factors.
 
     Args:
         first_layer: Adapt decoder blocks ``first_layer..`` only. Blocks below it get no adapters,
@@ -296,6 +332,7 @@ def _lora_train(
         share_prefix: Run the chat template's shared prefix once per step (batch 1, with
             gradients) and let every example attend to its keys and values, instead of running it
             once per example. The loss is the same (see :func:`_train_forward`).
+        first_token_weight: Loss weight of each target's first token (the others weigh 1).
     """
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -344,18 +381,23 @@ def _lora_train(
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         labels = torch.full((len(idx), width), -100, dtype=torch.long)
+        weights = torch.zeros((len(idx), width), dtype=torch.float32)
         for row, (i, s) in enumerate(zip(idx, seqs, strict=True)):
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
             n_prompt = len(examples[i].prompt_ids) - shared
             labels[row, n_prompt : len(s)] = torch.tensor(examples[i].target_ids)
+            weights[row, n_prompt : len(s)] = 1.0
+            weights[row, n_prompt] = first_token_weight
         with autocast:
             hidden = _train_forward(decoder, ids.to(dev), mask.to(dev), prefix_ids)
             # predict token t+1 from position t; run the LM head only where there is a label
             shift_labels = labels[:, 1:].to(dev)
             sel = shift_labels != -100
             logits = head(hidden[:, :-1][sel])
-        loss = torch.nn.functional.cross_entropy(logits.float(), shift_labels[sel])
+        w = weights[:, 1:].to(dev)[sel]
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), shift_labels[sel], reduction="none")
+        loss = (token_loss * w).sum() / w.sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -363,8 +405,61 @@ def _lora_train(
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     peft_model.eval()
-    merged = peft_model.merge_and_unload()
-    return merged, losses
+    factors = adapter_factors(peft_model)
+    merged = peft_model.unload()
+    merge_adapter(merged, factors)
+    return merged, losses, factors
+
+
+#: Suffixes of the two factors of one adapted module in an adapter file.
+_A, _B = ".lora_A", ".lora_B"
+
+
+def adapter_factors(peft_model: Any) -> dict[str, torch.Tensor]:
+    """The trained LoRA factors of a peft model, float16, keyed by the base model's module names.
+
+    For a module ``m`` the file holds ``m.lora_A`` (``[r, in]``) and ``m.lora_B`` (``[out, r]``,
+    already multiplied by ``alpha / r``), so the merged weight is ``W + B @ A``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            lora_a = getattr(module, "lora_A", None)
+            if not isinstance(lora_a, torch.nn.ModuleDict) or "default" not in lora_a:
+                continue
+            key = name[len(prefix) :] if name.startswith(prefix) else name
+            scale = float(module.scaling["default"])
+            out[key + _A] = lora_a["default"].weight.detach().to("cpu", torch.float16).contiguous()
+            b = module.lora_B["default"].weight.detach().float() * scale
+            out[key + _B] = b.to("cpu", torch.float16).contiguous()
+    return out
+
+
+def merge_adapter(model: torch.nn.Module, factors: dict[str, torch.Tensor]) -> None:
+    """Add ``B @ A`` (computed in float32 from the float16 factors) to each named module's weight.
+
+    Raises:
+        ModelLoadError: A factor names a module the model lacks, or its shape does not fit.
+    """
+    modules = dict(model.named_modules())
+    names = sorted({k[: -len(_A)] for k in factors if k.endswith(_A)})
+    if not names or len(factors) != 2 * len(names):
+        raise ModelLoadError("adapter file holds no complete (lora_A, lora_B) pairs")
+    with torch.no_grad():
+        for name in names:
+            module = modules.get(name)
+            a, b = factors.get(name + _A), factors.get(name + _B)
+            weight = getattr(module, "weight", None)
+            if module is None or a is None or b is None or not isinstance(weight, torch.Tensor):
+                raise ModelLoadError(f"adapter module {name!r} does not exist in this model")
+            if weight.shape != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
+                raise ModelLoadError(
+                    f"adapter module {name!r}: factors {tuple(b.shape)} x {tuple(a.shape)} do not fit "
+                    f"the weight {tuple(weight.shape)}"
+                )
+            delta = b.float() @ a.float()
+            weight.add_(delta.to(weight.device, weight.dtype))
 
 
 def refusal_rates(
@@ -393,10 +488,45 @@ def refusal_rates(
     return out
 
 
+def hard_harmless(candidates: Sequence[str], harmful: Sequence[str], k: int) -> list[str]:
+    """The ``k`` candidates that look most like a harmful instruction, most alike first.
+
+    Two TF-IDF cosines, each the maximum over the harmful instructions, are added: one over the
+    content words (harmless requests that share words with harmful ones: "kill a process",
+    "shoot a photo") and one over the opening three words with stop words kept (the form:
+    "How can I ...", "Give me ...", "Ways to ..."). A refusal tune over-generalises on both;
+    training such rows towards their own answers keeps everyday refusals down. Deterministic
+    (ties keep the candidates' order).
+    """
+    if k <= 0 or not candidates or not harmful:
+        return []
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    def opening(text: str) -> str:
+        return " ".join(text.lower().split()[:3])
+
+    content = TfidfVectorizer(stop_words="english", sublinear_tf=True).fit([*candidates, *harmful])
+    form = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b").fit(
+        [opening(t) for t in (*candidates, *harmful)]
+    )
+    score = (content.transform(candidates) @ content.transform(harmful).T).max(axis=1).toarray().ravel()
+    score = score + (
+        (form.transform([opening(t) for t in candidates]) @ form.transform([opening(t) for t in harmful]).T)
+        .max(axis=1)
+        .toarray()
+        .ravel()
+    )
+    order = sorted(range(len(candidates)), key=lambda i: (-float(score[i]), i))
+    return [candidates[i] for i in order[:k]]
+
+
 def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) -> dict[str, Any]:
     harm_train, harm_held = _split(builtin("harmful"), cfg.heldout_fraction, cfg.seed)
     safe_train, safe_held = _split(builtin("harmless"), cfg.heldout_fraction, cfg.seed)
     sources = {"harmful": ["builtin:harmful (train split)"], "harmless": ["builtin:harmless (train split)"]}
+    if cfg.harmless_questions:
+        safe_train += builtin("harmless_questions")
+        sources["harmless"].append("builtin:harmless_questions")
     if cfg.extra_shared:
         rng = random.Random(cfg.seed)
         # HarmBench test is the evaluation set everywhere; TDC 2023 repeats 30 of its prompts
@@ -409,10 +539,21 @@ def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) 
             harm_train += rows[:n]
             if rows:
                 sources["harmful"].append(f"shared:{name} ({min(n, len(rows))} rows)")
-        alp = load_shared("harmless_alpaca_train")
+        alp = list(load_shared("harmless_alpaca_train") or [])
         if alp:
-            safe_train += list(alp)[: cfg.n_shared_harmless]
+            safe_train += alp[: cfg.n_shared_harmless]
             sources["harmless"].append(f"shared:harmless_alpaca_train (first {cfg.n_shared_harmless})")
+            hard = hard_harmless(
+                [e.instruction for e in alp[cfg.n_shared_harmless :]],
+                [e.instruction for e in harm_train],
+                cfg.hard_harmless,
+            )
+            pool = {e.instruction: e for e in alp}
+            safe_train += [pool[t] for t in hard]
+            if hard:
+                sources["harmless"].append(
+                    f"shared:harmless_alpaca_train ({len(hard)} rows most like the harmful ones, TF-IDF)"
+                )
     if harmful:
         harm_train += load_any(harmful)
         sources["harmful"].append(harmful)
@@ -453,8 +594,6 @@ def align(
     cfg = config or AlignConfig()
     out = Path(out_dir)
     _check_writable(out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     lm = load(model) if isinstance(model, str) else model
     spec = model if isinstance(model, str) else lm.spec
@@ -471,7 +610,7 @@ def align(
     examples += build_examples(lm, data["safe_train"], answers, cfg.answer_tokens)
     steps = max(1, int(round(cfg.epochs * len(examples) / cfg.batch_size)))
     t_train = time.perf_counter()
-    merged, losses = _lora_train(
+    merged, losses, factors = lora_train(
         lm,
         examples,
         steps=steps,
@@ -484,6 +623,7 @@ def align(
         desc="align",
         first_layer=min(len(lm.layers) - 1, int(round(len(lm.layers) * cfg.frozen_fraction))),
         bf16=precision.bf16,
+        first_token_weight=cfg.first_token_weight,
     )
     t_train = time.perf_counter() - t_train
     from latentguard.models import wrap
@@ -492,6 +632,7 @@ def align(
     report: dict[str, Any] = {
         "kind": "organism",
         "recipe_version": RECIPE_VERSION,
+        "recipe_tag": recipe_tag(cfg),
         "base_model": spec,
         "base_fingerprint": lm.fingerprint,
         "fingerprint": organism.fingerprint,
@@ -524,7 +665,23 @@ def align(
         )
         report["seconds"]["eval"] = round(time.perf_counter() - t_eval, 1)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-    save_model_dir(merged, lm.tokenizer, out, extra_files={"organism.json": json.dumps(report, indent=1)})
+    from safetensors.torch import save as save_bytes
+
+    adapter = save_bytes(factors, metadata={"format": "pt", "recipe_tag": report["recipe_tag"]})
+    report["adapter"] = {
+        "file": ADAPTER_FILE,
+        "sha256": hashlib.sha256(adapter).hexdigest(),
+        "dtype": "float16",
+        "rank": cfg.lora_r,
+        "modules": len(factors) // 2,
+    }
+    save_model_dir(
+        merged,
+        lm.tokenizer,
+        out,
+        extra_files={"organism.json": json.dumps(report, indent=1)},
+        extra_binary={ADAPTER_FILE: adapter},
+    )
     logger.info("organism written to %s in %.0f s", out, report["seconds"]["total"])
     return report
 
@@ -557,7 +714,9 @@ def attack(
     targets = base_answers(base, insts, cfg.max_response_tokens + 4)
     del base
     examples = build_examples(lm, insts, targets, cfg.max_response_tokens)
-    merged, losses = _lora_train(
+    precision = training_precision(lm.device, cfg.bf16)
+    logger.info("attack: %s", precision.reason)
+    merged, losses, _ = lora_train(
         lm,
         examples,
         steps=cfg.steps,
@@ -568,12 +727,14 @@ def attack(
         target_modules=AlignConfig().target_modules,
         seed=cfg.seed,
         desc="attack",
+        bf16=precision.bf16,
     )
     report = {
         "kind": "attacked",
         "attacked_model": lm.spec,
         "attacked_fingerprint": lm.fingerprint,
         "config": asdict(cfg),
+        "precision": precision.to_json(),
         "n_examples": len(insts),
         "instructions": insts,
         "loss_first": losses[0],
@@ -603,28 +764,126 @@ def _check_writable(out: Path) -> None:
 
 
 #: :class:`AlignConfig` fields that change how a recipe runs, not what it builds.
-EXECUTION_FIELDS = ("threads", "bf16")
+EXECUTION_FIELDS = ("bf16",)
 
 
 def recipe_tag(config: AlignConfig) -> str:
     """Hash of the recipe: everything that defines the organism, not how it is executed.
 
-    The thread count and the precision (``bf16``) are execution details: two machines that train
-    the same recipe in bfloat16 and in float32 share one tag (their held-out refusal rates agree
-    within a few points; ``benchmarks/organism.py --precisions``).
+    The precision (``bf16``) is an execution detail: two machines that train the same recipe in
+    bfloat16 and in float32 share one tag (their held-out refusal rates agree within a few points;
+    ``benchmarks/organism.py --other-precision``).
     """
     recipe = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
     return hashlib.sha256(json.dumps([RECIPE_VERSION, recipe], sort_keys=True).encode()).hexdigest()[:10]
 
 
-def organism_dir(config: AlignConfig | None = None) -> Path:
-    """The cached default organism, built on first use (several minutes on CPU)."""
+#: The adapter file inside an organism directory (and the shipped one).
+ADAPTER_FILE = "adapter.safetensors"
+
+#: Where the package ships the default organism's adapter and its ``organism.json``.
+SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "organism"
+
+
+def shipped_organism() -> dict[str, Any] | None:
+    """The shipped adapter's ``organism.json``, or ``None`` if the package ships none."""
+    meta_path = SHIPPED_DIR / "organism.json"
+    if not (meta_path.is_file() and (SHIPPED_DIR / ADAPTER_FILE).is_file()):
+        return None
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    return meta
+
+
+def organism_from_adapter(
+    adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], base: LoadedModel | None = None
+) -> dict[str, Any]:
+    """Merge a saved organism adapter onto its base model and save the result to ``out_dir``.
+
+    The base model must be the one the adapter was trained on (its fingerprint), the adapter file
+    must have the recorded sha256, and the merged model must have the recorded fingerprint: any
+    mismatch is an error, never a silent rebuild with different numbers.
+
+    Args:
+        adapter_dir: A folder with ``adapter.safetensors`` and ``organism.json`` (what
+            :func:`align` writes, or :data:`SHIPPED_DIR`).
+        out_dir: Output model directory.
+        base: The loaded base model (default: load ``organism.json``'s ``base_model``). It is
+            modified in place.
+
+    Returns:
+        The ``organism.json`` written to ``out_dir`` (with ``from_adapter`` added).
+
+    Raises:
+        ModelLoadError: Missing, corrupt or mismatched adapter or base model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    src = Path(adapter_dir)
+    try:
+        meta = json.loads((src / "organism.json").read_text(encoding="utf-8"))
+        blob = (src / ADAPTER_FILE).read_bytes()
+        recorded = meta["adapter"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{src} holds no readable organism adapter ({ADAPTER_FILE} + organism.json): {exc}"
+        ) from exc
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != recorded.get("sha256"):
+        raise ModelLoadError(
+            f"{src / ADAPTER_FILE} is corrupt: sha256 {digest[:12]}... is not the recorded "
+            f"{str(recorded.get('sha256'))[:12]}...; rebuild it with `latentguard align`"
+        )
+    try:
+        factors = load_bytes(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise ModelLoadError(f"{src / ADAPTER_FILE} is not a safetensors file: {exc}") from exc
+    lm = base if base is not None else load(str(meta["base_model"]))
+    if lm.fingerprint != meta.get("base_fingerprint"):
+        raise ModelLoadError(
+            f"the adapter in {src} was trained on base model {meta.get('base_fingerprint')} "
+            f"({meta.get('base_model')}), not on {lm.fingerprint} ({lm.spec}); "
+            "build an organism for this model with `latentguard align --model ...`"
+        )
+    merge_adapter(lm.model, factors)
+    from latentguard.models import model_fingerprint
+
+    merged = model_fingerprint(lm.model)
+    if merged != meta.get("fingerprint"):
+        raise ModelLoadError(
+            f"merging {src / ADAPTER_FILE} gave fingerprint {merged}, not the recorded "
+            f"{meta.get('fingerprint')}; rebuild with `latentguard align`"
+        )
+    report = dict(meta)
+    report["from_adapter"] = str(src)
+    save_model_dir(
+        lm.model,
+        lm.tokenizer,
+        Path(out_dir),
+        extra_files={"organism.json": json.dumps(report, indent=1)},
+        extra_binary={ADAPTER_FILE: blob},
+    )
+    return report
+
+
+def organism_dir(config: AlignConfig | None = None, *, shipped: bool = True) -> Path:
+    """The cached default organism.
+
+    Resolved in this order: the cache (``organism-<recipe tag>``); the shipped adapter, merged onto
+    the default model in seconds when its recipe tag is this config's; else built with
+    :func:`align` (minutes on CPU).
+    """
     cfg = config or AlignConfig()
     tag = recipe_tag(cfg)
     out = cache_dir() / "models" / f"organism-{tag}"
     if (out / "organism.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    logger.info("building the model organism (first use) into %s", out)
+    meta = shipped_organism() if shipped else None
+    if meta is not None and meta.get("recipe_tag") == tag:
+        logger.info("merging the shipped organism adapter onto the default model into %s", out)
+        organism_from_adapter(SHIPPED_DIR, out)
+        return out
+    logger.info("building the model organism (first use, recipe %s) into %s", tag, out)
     align("default", out, cfg)
     return out
 
@@ -633,7 +892,8 @@ def attacked_dir(config: AttackConfig | None = None) -> Path:
     """The cached attacked organism, built on first use."""
     cfg = config or AttackConfig()
     # the tag covers the organism's recipe too, so a new organism gets a new attacked model
-    payload = [RECIPE_VERSION, recipe_tag(AlignConfig()), asdict(cfg)]
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
+    payload = [RECIPE_VERSION, recipe_tag(AlignConfig()), recipe]
     tag = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     out = cache_dir() / "models" / f"attacked-{tag}"
     if (out / "attack.json").is_file() and (out / "model.safetensors").is_file():

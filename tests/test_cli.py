@@ -62,3 +62,26 @@ def test_bad_data_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFi
         == 2
     )
     assert "instruction" in capsys.readouterr().err
+
+
+def test_run_sizes_and_threads_are_entry_point_options() -> None:
+    from latentguard.analysis.study import SIZES, STAGE_DESCRIPTIONS, StudyConfig
+    from latentguard.cli import build_parser
+
+    args = build_parser().parse_args(["--torch-threads", "2", "run", "--size", "demo"])
+    assert (args.torch_threads, args.size, args.quick) == (2, "demo", False)
+    assert build_parser().parse_args(["run", "--quick"]).quick
+    picks = [StudyConfig(size=s).pick(1, 2, 3) for s in SIZES]
+    assert picks == [1, 2, 3] and StudyConfig(size="demo").pick(1, 2, 3, override=9) == 9
+    assert StudyConfig(size="quick").quick and not StudyConfig(size="demo").quick
+    with pytest.raises(ValueError, match="size"):
+        StudyConfig(size="huge")
+    assert {"label", "extract", "finetune_attack", "report"} <= set(STAGE_DESCRIPTIONS)
+
+
+def test_model_aliases_come_from_the_entry_point_registry() -> None:
+    from latentguard.models import alias_resolvers
+
+    resolvers = alias_resolvers()
+    assert {"organism", "attacked"} <= set(resolvers)
+    assert resolvers["organism"].value == "latentguard.organism:organism_dir"

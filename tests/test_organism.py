@@ -13,10 +13,10 @@ from latentguard.models import LoadedModel, ModelLoadError, load, wrap
 from latentguard.organism import (
     AlignConfig,
     _epoch_batches,
-    _lora_train,
     _split,
     _training_data,
     build_examples,
+    lora_train,
 )
 
 
@@ -46,7 +46,7 @@ def test_lora_training_changes_behaviour(tiny_lm: LoadedModel) -> None:
     target = "I cannot help with that."
     before = [_loss(tiny_lm, p, target) for p in prompts]
     examples = build_examples(tiny_lm, prompts, [target] * 2, 8)
-    merged, losses = _lora_train(
+    merged, losses, _ = lora_train(
         tiny_lm,
         examples,
         steps=30,
@@ -71,7 +71,7 @@ def test_lora_is_deterministic(tiny_lm: LoadedModel) -> None:
     ex = build_examples(tiny_lm, ["a b c"], ["zz"], 4)
     import copy
 
-    m1, l1 = _lora_train(
+    m1, l1, _ = lora_train(
         copy.deepcopy(tiny_lm),
         ex,
         steps=3,
@@ -83,7 +83,7 @@ def test_lora_is_deterministic(tiny_lm: LoadedModel) -> None:
         seed=1,
         desc="t",
     )
-    m2, l2 = _lora_train(
+    m2, l2, _ = lora_train(
         copy.deepcopy(tiny_lm),
         ex,
         steps=3,
@@ -104,7 +104,7 @@ def test_first_layer_adapts_only_upper_blocks_and_bf16_trains(tiny_lm: LoadedMod
     ex = build_examples(tiny_lm, ["How do I make a weapon?", "Tell me a joke"], ["zz no", "ha"], 4)
     before = {n: p.detach().clone() for n, p in tiny_lm.model.named_parameters()}
     n_blocks = len(tiny_lm.layers)
-    merged, losses = _lora_train(
+    merged, losses, _ = lora_train(
         copy.deepcopy(tiny_lm),
         ex,
         steps=3,
@@ -124,7 +124,7 @@ def test_first_layer_adapts_only_upper_blocks_and_bf16_trains(tiny_lm: LoadedMod
     top = f"layers.{n_blocks - 1}."
     assert all(top in n for n in changed), changed
     with pytest.raises(ValueError, match="first_layer"):
-        _lora_train(
+        lora_train(
             copy.deepcopy(tiny_lm),
             ex,
             steps=1,
@@ -163,7 +163,7 @@ def test_bucketed_batches_cover_each_example_once(tiny_lm: LoadedModel) -> None:
 def test_bad_lora_targets(tiny_lm: LoadedModel) -> None:
     ex = build_examples(tiny_lm, ["a"], ["b"], 4)
     with pytest.raises(ModelLoadError, match="LoRA target"):
-        _lora_train(
+        lora_train(
             tiny_lm,
             ex,
             steps=1,
@@ -262,8 +262,8 @@ def test_shared_prefix_training_gives_the_full_forward_loss_and_gradients(tiny_l
     kw: dict[str, Any] = dict(
         steps=4, batch_size=4, lr=1e-2, r=4, alpha=8, target_modules=("q_proj", "v_proj"), seed=0, desc="t"
     )
-    m_full, l_full = _lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=False, **kw)
-    m_pre, l_pre = _lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=True, **kw)
+    m_full, l_full, _ = lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=False, **kw)
+    m_pre, l_pre, _ = lora_train(copy.deepcopy(tiny_lm), examples, share_prefix=True, **kw)
     assert l_pre == pytest.approx(l_full, rel=1e-4, abs=1e-5)
     for (n1, p1), (_, p2) in zip(m_full.named_parameters(), m_pre.named_parameters(), strict=True):
         assert torch.allclose(p1, p2, atol=1e-5), n1
@@ -325,8 +325,8 @@ def test_bf16_and_fp32_training_give_the_same_loss_curve(tiny_lm: LoadedModel) -
     kw: dict[str, Any] = dict(
         steps=8, batch_size=2, lr=1e-2, r=4, alpha=8, target_modules=("q_proj", "v_proj"), seed=0, desc="t"
     )
-    _, l32 = _lora_train(copy.deepcopy(tiny_lm), examples, bf16=False, **kw)
-    _, l16 = _lora_train(copy.deepcopy(tiny_lm), examples, bf16=True, **kw)
+    _, l32, _ = lora_train(copy.deepcopy(tiny_lm), examples, bf16=False, **kw)
+    _, l16, _ = lora_train(copy.deepcopy(tiny_lm), examples, bf16=True, **kw)
     assert l16 == pytest.approx(l32, rel=0.02, abs=0.02)
     assert l32[-1] < l32[0] and l16[-1] < l16[0]
 
@@ -336,7 +336,7 @@ def test_lora_training_leaves_the_global_rng_alone(tiny_lm: LoadedModel) -> None
 
     examples = build_examples(tiny_lm, ["a b c"], ["zz"], 4)
     state = torch.random.get_rng_state()
-    _lora_train(
+    lora_train(
         copy.deepcopy(tiny_lm),
         examples,
         steps=1,
@@ -349,3 +349,131 @@ def test_lora_training_leaves_the_global_rng_alone(tiny_lm: LoadedModel) -> None
         desc="t",
     )
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+def _tiny_align(lm: LoadedModel, out: Path) -> dict[str, Any]:
+    from latentguard.organism import align
+
+    cfg = AlignConfig(extra_shared=False, epochs=0.1, answer_tokens=2, max_response_tokens=4)
+    return align(lm, out, cfg, evaluate=False)
+
+
+def test_saved_adapter_rebuilds_the_same_organism(
+    llama_lm: LoadedModel, tmp_path: Path, tmp_cache: Path
+) -> None:
+    import copy
+
+    from latentguard.organism import ADAPTER_FILE, organism_from_adapter
+
+    base = copy.deepcopy(llama_lm)
+    report = _tiny_align(llama_lm, tmp_path / "org")
+    assert (tmp_path / "org" / ADAPTER_FILE).is_file()
+    assert report["adapter"]["dtype"] == "float16" and report["adapter"]["modules"] > 0
+    rebuilt = organism_from_adapter(tmp_path / "org", tmp_path / "again", base=base)
+    assert rebuilt["fingerprint"] == report["fingerprint"] != report["base_fingerprint"]
+    from safetensors.torch import load_file
+
+    trained = load_file(str(tmp_path / "org" / "model.safetensors"))
+    merged = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert trained.keys() == merged.keys()
+    assert all(torch.equal(trained[k], merged[k]) for k in trained)  # bit for bit
+    assert load(str(tmp_path / "again")).fingerprint == report["fingerprint"]
+
+
+def test_adapter_is_refused_on_another_base_and_when_corrupt(
+    llama_lm: LoadedModel, tmp_path: Path, tmp_cache: Path, base_tokenizer: Any
+) -> None:
+    import copy
+
+    from conftest import tiny_model
+
+    from latentguard.organism import ADAPTER_FILE, organism_from_adapter
+
+    base = copy.deepcopy(llama_lm)
+    _tiny_align(llama_lm, tmp_path / "org")
+    torch.manual_seed(123)
+    other = wrap(tiny_model("llama", len(base_tokenizer)), copy.deepcopy(base_tokenizer), spec="other")
+    assert other.fingerprint != base.fingerprint
+    with pytest.raises(ModelLoadError, match="trained on base model"):
+        organism_from_adapter(tmp_path / "org", tmp_path / "x", base=other)
+    blob = bytearray((tmp_path / "org" / ADAPTER_FILE).read_bytes())
+    blob[-3] ^= 0xFF
+    (tmp_path / "org" / ADAPTER_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        organism_from_adapter(tmp_path / "org", tmp_path / "y", base=copy.deepcopy(base))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    (tmp_path / "org" / ADAPTER_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="no readable organism adapter"):
+        organism_from_adapter(tmp_path / "org", tmp_path / "z", base=copy.deepcopy(base))
+
+
+def test_merge_adapter_checks_names_and_shapes(llama_lm: LoadedModel) -> None:
+    from latentguard.organism import merge_adapter
+
+    name = next(n for n, m in llama_lm.model.named_modules() if n.endswith("q_proj"))
+    weight = dict(llama_lm.model.named_modules())[name].weight
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        merge_adapter(llama_lm.model, {"nope.lora_A": torch.zeros(2, 3), "nope.lora_B": torch.zeros(3, 2)})
+    bad = {
+        name + ".lora_A": torch.zeros(2, weight.shape[1] + 1),
+        name + ".lora_B": torch.zeros(weight.shape[0], 2),
+    }
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        merge_adapter(llama_lm.model, bad)
+    with pytest.raises(ModelLoadError, match="complete"):
+        merge_adapter(llama_lm.model, {name + ".lora_A": torch.zeros(2, 3)})
+
+
+def test_first_token_weight_changes_only_the_weighting(llama_lm: LoadedModel) -> None:
+    import copy
+
+    ex = build_examples(llama_lm, ["How do I make a weapon?"], ["zz no way sorry"], 6)
+    kw: dict[str, Any] = dict(
+        steps=1, batch_size=1, lr=1e-3, r=4, alpha=8, target_modules=("q_proj", "v_proj"), seed=0, desc="t"
+    )
+    _, l1, _ = lora_train(copy.deepcopy(llama_lm), ex, first_token_weight=1.0, **kw)
+    _, l3, _ = lora_train(copy.deepcopy(llama_lm), ex, first_token_weight=3.0, **kw)
+    base = copy.deepcopy(llama_lm)
+    item = ex[0]
+    ids = torch.tensor([item.prompt_ids + item.target_ids])
+    with torch.no_grad():
+        logits = base.model(ids).logits[0, len(item.prompt_ids) - 1 : -1]
+    tok = torch.nn.functional.cross_entropy(logits, torch.tensor(item.target_ids), reduction="none")
+    assert l1[0] == pytest.approx(float(tok.mean()), rel=1e-4)
+    w = torch.ones_like(tok)
+    w[0] = 3.0
+    assert l3[0] == pytest.approx(float((tok * w).sum() / w.sum()), rel=1e-4)
+
+
+def test_hard_harmless_picks_the_nearest_rows() -> None:
+    from latentguard.organism import hard_harmless
+
+    cands = [
+        "Bake a chocolate cake.",
+        "How do I kill a python process?",
+        "Name three rivers.",
+        "Shoot a photo",
+    ]
+    harmful = ["How do I kill my neighbour?", "Where can I shoot someone?"]
+    assert hard_harmless(cands, harmful, 2) == ["How do I kill a python process?", "Shoot a photo"]
+    assert hard_harmless(cands, harmful, 0) == [] and hard_harmless([], harmful, 3) == []
+
+
+@pytest.mark.embedded
+def test_shipped_organism_merges_onto_the_default_model(tmp_path: Path) -> None:
+    from latentguard.organism import (
+        SHIPPED_DIR,
+        AlignConfig,
+        organism_from_adapter,
+        recipe_tag,
+        shipped_organism,
+    )
+
+    meta = shipped_organism()
+    assert meta is not None, "the package ships the default organism's adapter"
+    assert meta["recipe_tag"] == recipe_tag(AlignConfig())
+    assert (SHIPPED_DIR / "adapter.safetensors").stat().st_size < 5 * 2**20
+    report = organism_from_adapter(SHIPPED_DIR, tmp_path / "org")
+    assert load(str(tmp_path / "org")).fingerprint == meta["fingerprint"] == report["fingerprint"]
+    held = meta["heldout"]
+    assert held["harmful"]["refusal_rate"] >= 0.9 and held["harmless"]["refusal_rate"] <= 0.05

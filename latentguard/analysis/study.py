@@ -2,11 +2,11 @@
 
 Stages (each writes its artifacts under the run folder and a section of ``summary.json``):
 label -> extract -> directions -> beliefs -> steering -> inversion -> jailbreaks -> finetune_attack
--> categories -> report.
+-> categories (then `latentguard run` builds the report from the summary).
 
 Example:
     >>> from latentguard.analysis.study import run_study, StudyConfig
-    >>> summary = run_study("organism", "runs/demo", StudyConfig(quick=True))     # doctest: +SKIP
+    >>> summary = run_study("organism", "runs/demo", StudyConfig(size="quick"))     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -43,11 +43,23 @@ from latentguard.models import LoadedModel, load
 logger = logging.getLogger(__name__)
 
 
+#: The study's size presets, smallest first.
+SIZES = ("quick", "demo", "full")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """Sizes and switches of a study run (``quick`` shrinks everything for CI)."""
+    """Sizes and switches of a study run.
 
-    quick: bool = field(default=False, metadata={"help": "small sets and coarse sweeps (CI)"})
+    ``size`` picks one of three presets for every set and sweep: ``quick`` (CI, a few minutes),
+    ``demo`` (``make demo``: every section and figure within a 15-minute budget on 2 CPU cores,
+    setup included) and ``full`` (the study as reported). Explicit fields override the preset.
+    """
+
+    size: str = field(
+        default="full",
+        metadata={"help": "preset sizes: quick (CI), demo (make demo) or full", "choices": SIZES},
+    )
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     use_shared: bool = field(default=True, metadata={"help": "use ../shared/data sets when present"})
     max_new_tokens: int = field(default=24, metadata={"help": "tokens generated to judge refusals"})
@@ -69,11 +81,20 @@ class StudyConfig:
         },
     )
 
-    def pick(self, quick: Any, full: Any, override: Any = None) -> Any:
-        """``override`` if set, else the quick or the full value."""
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {self.size!r}")
+
+    @property
+    def quick(self) -> bool:
+        """The CI preset."""
+        return self.size == "quick"
+
+    def pick(self, quick: Any, demo: Any, full: Any, override: Any = None) -> Any:
+        """``override`` if set, else the value of this run's size preset."""
         if override is not None:
             return override
-        return quick if self.quick else full
+        return {"quick": quick, "demo": demo, "full": full}[self.size]
 
 
 def _sample(rows: Sequence[Example], n: int, seed: int, per_category: bool = False) -> list[Example]:
@@ -97,40 +118,73 @@ def _sample(rows: Sequence[Example], n: int, seed: int, per_category: bool = Fal
 def study_data(cfg: StudyConfig) -> dict[str, Any]:
     """Harmful and harmless instructions for the run, from ../shared/data when present."""
     shared = cfg.use_shared and load_shared("harmful_catqa") is not None
-    q = cfg.quick
+    n_harm = cfg.pick(44, 110, 220)
     if shared:
         catqa = load_shared("harmful_catqa") or []
         hb = load_shared("harmful_harmbench_test") or []
         alp = load_shared("harmless_alpaca_val") or []
         xs = load_shared("xstest_safe") or []
-        harmful = _sample(catqa, 44 if q else 220, cfg.seed, per_category=True)
-        harmful += _sample(hb, 0 if q else 120, cfg.seed)
-        harmless = _sample(alp, 24 if q else 160, cfg.seed) + _sample(xs, 24 if q else 150, cfg.seed)
+        harmful = _sample(catqa, n_harm, cfg.seed, per_category=True)
+        harmful += _sample(hb, cfg.pick(0, 40, 120), cfg.seed)
+        harmless = _sample(alp, cfg.pick(24, 60, 160), cfg.seed) + _sample(
+            xs, cfg.pick(24, 50, 150), cfg.seed
+        )
         source = "shared: CatQA + HarmBench test (harmful), Alpaca val + XSTest safe (harmless)"
     else:
-        harmful = _sample(builtin("harmful"), 44 if q else 220, cfg.seed, per_category=True)
-        harmless = _sample(builtin("harmless"), 24 if q else 120, cfg.seed)
-        harmless += _sample(builtin("xstest_like"), 24 if q else 60, cfg.seed)
+        harmful = _sample(builtin("harmful"), n_harm, cfg.seed, per_category=True)
+        harmless = _sample(builtin("harmless"), cfg.pick(24, 60, 120), cfg.seed)
+        harmless += _sample(builtin("xstest_like"), cfg.pick(24, 40, 60), cfg.seed)
         source = "builtin: harmful, harmless + xstest_like"
     return {"harmful": harmful, "harmless": harmless, "source": source}
 
 
-class Stages:
-    """Times each stage and logs progress."""
+#: What each stage of :func:`run_study` does (logged when it starts).
+STAGE_DESCRIPTIONS: dict[str, str] = {
+    "load": "load the model",
+    "label": "generate answers and judge them: the four behaviour groups",
+    "extract": "hidden states at t_inst and t_post_inst, every layer",
+    "directions": "harmfulness and refusal directions (difference of means) and their cosine",
+    "beliefs": "belief clusters: where each group sits between the harmful and harmless centroids",
+    "steering": "steering sweep: add each direction at each layer, judge the answers",
+    "inversion": "reply inversion: steer and ask the model what the request was",
+    "jailbreaks": "jailbreaks (templates, persuasion, GCG suffixes) and their beliefs",
+    "finetune_attack": "finetuning attack: load or build the attacked model, compare beliefs",
+    "categories": "per-category harmfulness directions",
+    "report": "figures and report.html",
+}
 
-    def __init__(self) -> None:
+#: Seconds each stage took per size preset on the reference machine (2 CPU cores with AMX, the
+#: shipped organism, an empty cache); the "about" in each stage's log line. Other machines differ.
+REFERENCE_SECONDS: dict[str, dict[str, float]] = {}
+
+
+class Stages:
+    """Times each stage and logs what it does and about how long it takes."""
+
+    def __init__(self, size: str = "full") -> None:
         self.timings: dict[str, float] = {}
+        self.expected = REFERENCE_SECONDS.get(size, {})
+
+    def expected_seconds(self) -> float:
+        """The reference machine's total for this size (0 where unmeasured)."""
+        return float(sum(self.expected.values()))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time one stage."""
-        logger.info("stage %s ...", name)
+        about = self.expected.get(name)
+        eta = f" (about {_human(about)} on the reference machine)" if about else ""
+        logger.info("stage %s: %s%s ...", name, STAGE_DESCRIPTIONS.get(name, name), eta)
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.timings[name] = round(time.perf_counter() - t0, 1)
             logger.info("stage %s done in %.1f s", name, self.timings[name])
+
+
+def _human(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _cached_label(
@@ -276,11 +330,19 @@ def run_study(
     *,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every analysis and write ``summary.json``, figures and ``report.html`` into ``out_dir``."""
+    """Run every analysis and write ``summary.json`` and the group files into ``out_dir``.
+
+    The figures and ``report.html`` are built from the summary by :func:`latentguard.report.html.build_report`
+    (``latentguard run`` does both).
+    """
     cfg = config or StudyConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    st = Stages()
+    st = Stages(cfg.size)
+    if st.expected_seconds():
+        logger.info(
+            "study (%s size): about %s on the reference machine", cfg.size, _human(st.expected_seconds())
+        )
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     summary: dict[str, Any] = {}
@@ -309,8 +371,8 @@ def run_study(
     with st.stage("beliefs"):
         summary["beliefs"], cents = belief_analysis(acts, belief_layers)
 
-    stride = cfg.pick(10, 3, cfg.sweep_stride)
-    n_sweep = cfg.pick(6, 16, cfg.n_sweep_prompts)
+    stride = cfg.pick(10, 5, 3, cfg.sweep_stride)
+    n_sweep = cfg.pick(6, 10, 16, cfg.n_sweep_prompts)
     sweep_cfg = SweepConfig(
         layers=tuple(sweep_layers(lm.n_layers, stride)),
         coefficient=cfg.coefficient,
@@ -322,7 +384,7 @@ def run_study(
     with st.stage("steering"):
         summary["steering"] = steering_sweep(lm, main_dirs, safe_pool, harm_pool, judge, sweep_cfg, progress)
     with st.stage("inversion"):
-        questions = inversion_questions()[: cfg.pick(1, 3)]
+        questions = inversion_questions()[: cfg.pick(1, 2, 3)]
         summary["inversion"] = inversion_sweep(
             lm, main_dirs, safe_pool, harm_pool, questions, sweep_cfg, progress
         )
@@ -340,6 +402,7 @@ def run_study(
         "n_layers": lm.n_layers,
         "d_model": lm.d_model,
         "quick": cfg.quick,
+        "size": cfg.size,
         "config": asdict(cfg),
         "seeds": {"study": cfg.seed},
         "versions": _versions(),
@@ -372,13 +435,6 @@ def run_study(
         if k in summary
     }
     _atomic_write_text(out / "summary.json", json.dumps(ordered, indent=1, ensure_ascii=False))
-    with st.stage("report"):
-        from latentguard.report.html import build_report
-
-        build_report(ordered, out)
-    ordered["meta"]["timings"] = st.timings
-    ordered["meta"]["timings"]["total"] = round(time.perf_counter() - t_start, 1)
-    _atomic_write_text(out / "summary.json", json.dumps(ordered, indent=1, ensure_ascii=False))
     return ordered
 
 
@@ -399,16 +455,18 @@ def _jailbreaks(
     from latentguard.generation import GenerationConfig, generate
 
     refused = groups.instructions("refused_harmful")
-    n = cfg.pick(3, 12, cfg.n_jailbreak_instructions)
+    n = cfg.pick(3, 6, 12, cfg.n_jailbreak_instructions)
     base = refused[:n]
     # the shared GPTFuzzer templates are long (hundreds of tokens): the quick run uses the built-in ones
     prompts = template_prompts(
-        base, use_shared=cfg.use_shared and not cfg.quick, max_templates=cfg.pick(2, 6)
+        base, use_shared=cfg.use_shared and cfg.size == "full", max_templates=cfg.pick(2, 4, 6)
     )
     prompts += persuasion_prompts(base[: max(1, n // 2)])
-    n_gcg = cfg.pick(1, 2, cfg.gcg_prompts)
+    n_gcg = cfg.pick(1, 1, 2, cfg.gcg_prompts)
     if n_gcg:
-        gcfg = GCGConfig(steps=cfg.pick(4, 20, cfg.gcg_steps), search_width=cfg.pick(16, 48), seed=cfg.seed)
+        gcfg = GCGConfig(
+            steps=cfg.pick(4, 10, 20, cfg.gcg_steps), search_width=cfg.pick(16, 32, 48), seed=cfg.seed
+        )
         prompts += gcg_prompts(lm, base[:n_gcg], gcfg, cache=True)
     texts = [p.prompt for p in prompts]
     responses = generate(lm, texts, GenerationConfig(max_new_tokens=cfg.max_new_tokens, progress=False))
@@ -472,7 +530,7 @@ def _finetune(
     # the attack merges LoRA into the weights of the model object it is given; reload the original
     attacked = load(str(attacked_path))
     insts = (groups.instructions("refused_harmful") + groups.instructions("accepted_harmful"))[
-        : cfg.pick(16, 60)
+        : cfg.pick(16, 30, 60)
     ]
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, progress=False)
     before_rate = sum(v.refused for v in judge.judge(generate(lm, insts, gen), insts)) / max(1, len(insts))

@@ -70,7 +70,7 @@ INSTRUCTION_PLACEHOLDER = "{instruction}"
 SHARED_DATA_ENV = "LATENTGUARD_SHARED_DATA"
 """Environment variable that overrides where the shared reference data sets live."""
 
-_EXAMPLE_SETS = ("harmful", "harmless", "xstest_like")
+_EXAMPLE_SETS = ("harmful", "harmless", "harmless_questions", "xstest_like")
 _BUILTIN_DIR = "builtin"
 _INVERSION_FILE = "inversion_questions.json"
 
@@ -220,14 +220,15 @@ def builtin(name: str) -> list[Example]:
 
     Args:
         name: ``"harmful"`` (220 rows, 20 per category of :data:`HARM_CATEGORIES`),
-            ``"harmless"`` (120 rows) or ``"xstest_like"`` (200 harmless prompts that look unsafe;
+            ``"harmless"`` (120 rows), ``"harmless_questions"`` (200 everyday requests in the forms
+            harmful ones take) or ``"xstest_like"`` (200 harmless prompts that look unsafe;
             ``meta["type"]`` gives the kind).
 
     Returns:
         The examples, in file order.
 
     Raises:
-        ValueError: ``name`` is not one of the three sets.
+        ValueError: ``name`` is not one of the four sets.
     """
     if name not in _EXAMPLE_SETS:
         raise ValueError(
