@@ -36,8 +36,8 @@ from _common import emit, shared_instructions
 
 from latentguard.activations import ExtractConfig, extract
 from latentguard.data import builtin
-from latentguard.models import load
-from latentguard.ray_engine import ChunkReport, EngineConfig, ModelRef, ray_cluster
+from latentguard.models import ModelRef, load
+from latentguard.ray_engine import ChunkReport, EngineConfig, ray_cluster
 from latentguard.ray_engine import extract as ray_extract
 
 

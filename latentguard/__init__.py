@@ -9,7 +9,8 @@ Modules, in the order data flows (each imports only from those above it):
 * :mod:`latentguard.directions` -- diff-in-means directions and cosines
 * :mod:`latentguard.generation`, :mod:`latentguard.judge`, :mod:`latentguard.steering`
 * :mod:`latentguard.behaviour`, :mod:`latentguard.organism`
-* :mod:`latentguard.analysis` -- beliefs, sweeps, jailbreaks, the study; :mod:`latentguard.report`
+* :mod:`latentguard.attacks` -- jailbreak prompts (templates, persuasion) and GCG suffixes
+* :mod:`latentguard.analysis` -- beliefs, sweeps, the study; :mod:`latentguard.report`
 * :mod:`latentguard.guard` -- Latent Guard: fit, check, guarded generation, serve
 """
 

@@ -71,7 +71,7 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _model_ref(args: argparse.Namespace) -> Any:
-    from latentguard.ray_engine import ModelRef
+    from latentguard.models import ModelRef
 
     return ModelRef(
         spec=args.model,

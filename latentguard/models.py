@@ -624,3 +624,67 @@ def load(
         "loaded %s in %.1fs (%d layers, d=%d)", spec, lm.extra["load_seconds"], lm.n_layers, lm.d_model
     )
     return lm
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A serialisable reference to a model: a spec and the options of :func:`load`.
+
+    The CLI loads local models through it, and each Ray worker loads its replica from one (a model is
+    never pickled).
+
+    Attributes:
+        spec: A Hugging Face id, a local directory, a ``.gguf`` file, or an alias (``default``...).
+            It must resolve on every worker (same path or a shared file system).
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto``.
+        device: ``cpu`` or ``cuda``; on a GPU worker Ray makes its GPU ``cuda:0``.
+        device_map: ``"auto"`` or an explicit map, to spread one replica over the worker's devices.
+        max_memory: Per-device caps for ``device_map``.
+        load_in_bits: 8 or 4 (bitsandbytes, CUDA only).
+        chat_template: Jinja text or a file replacing the tokenizer's template.
+        layers_path: Dotted path to the decoder layers (unknown architectures).
+
+    Example:
+        >>> ModelRef("default", dtype="float32").load().n_layers     # doctest: +SKIP
+        30
+    """
+
+    spec: str = "default"
+    dtype: str | None = None
+    device: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[Any, str] | None = None
+    load_in_bits: int | None = None
+    chat_template: str | None = None
+    layers_path: str | None = None
+
+    def load(self) -> LoadedModel:
+        """Load the model (on a Ray worker, or locally by the CLI).
+
+        Returns:
+            The model, as :func:`load` returns it.
+
+        Raises:
+            ModelLoadError: If the spec cannot be resolved or loaded.
+        """
+        return load(
+            self.spec,
+            dtype=self.dtype,
+            device=self.device,
+            device_map=self.device_map,
+            max_memory=self.max_memory,
+            load_in_bits=self.load_in_bits,
+            chat_template=self.chat_template,
+            layers_path=self.layers_path,
+        )
+
+    def load_tokenizer(self) -> Any:
+        """Load only the tokenizer (on the Ray driver, to template and sort prompts).
+
+        Returns:
+            The tokenizer, as :func:`load_tokenizer` returns it.
+
+        Raises:
+            ModelLoadError: If the tokenizer cannot be loaded.
+        """
+        return load_tokenizer(self.spec, chat_template=self.chat_template)

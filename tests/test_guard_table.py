@@ -43,7 +43,7 @@ def test_format_table() -> None:
 
 
 def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
-    from latentguard.analysis.jailbreaks import load_templates, split_templates
+    from latentguard.attacks import load_templates, split_templates
 
     cfg = EvalConfig(quick=True, use_shared=False)
     data = guard_data(cfg)
@@ -75,7 +75,7 @@ def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
 def test_split_templates_rejects_degenerate_fractions() -> None:
     import pytest
 
-    from latentguard.analysis.jailbreaks import split_templates
+    from latentguard.attacks import split_templates
 
     with pytest.raises(ValueError, match="non-empty"):
         split_templates([("a", "x [INSERT PROMPT HERE]")], 0.5)

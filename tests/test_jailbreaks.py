@@ -1,4 +1,4 @@
-"""Tests for latentguard.analysis.jailbreaks: template/persuasion builders and GCG on a tiny model."""
+"""Tests for latentguard.attacks: template/persuasion builders and GCG on a tiny model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from latentguard.analysis.jailbreaks import (
+from latentguard.attacks import (
     GCGConfig,
     GCGResult,
     JailbreakPrompt,
@@ -194,7 +194,7 @@ def test_gcg_prompts_tiny(gcg_lm: Any) -> None:
 
 
 def test_random_suffix_prompts_are_seeded_printable_and_move_t_inst(gcg_lm: Any) -> None:
-    from latentguard.analysis.jailbreaks import random_suffix_prompts
+    from latentguard.attacks import random_suffix_prompts
     from latentguard.positions import locate
 
     a = random_suffix_prompts(gcg_lm, INSTRUCTIONS, 2, seed=3, suffix_len=6)
@@ -216,20 +216,20 @@ def test_random_suffix_prompts_are_seeded_printable_and_move_t_inst(gcg_lm: Any)
 def test_gcg_prompts_cache_resumes_and_ignores_corrupt_files(
     gcg_lm: Any, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import latentguard.analysis.jailbreaks as jbmod
+    import latentguard.attacks.gcg as gcgmod
 
     cfg = GCGConfig(steps=2, search_width=8, topk=8, suffix_len=4, seed=1)
     first = gcg_prompts(gcg_lm, INSTRUCTIONS[:1], cfg, cache=True)
     files = sorted((tmp_cache / "gcg").glob("*.json"))
     assert len(files) == 1
     calls: list[str] = []
-    real = jbmod._run_gcg
+    real = gcgmod._run_gcg
 
     def counting(lm: Any, inst: str, *args: Any) -> Any:
         calls.append(inst)
         return real(lm, inst, *args)
 
-    monkeypatch.setattr(jbmod, "_run_gcg", counting)
+    monkeypatch.setattr(gcgmod, "_run_gcg", counting)
     # the cached instruction is not optimised again; the new one is, and is cached in turn
     both = gcg_prompts(gcg_lm, INSTRUCTIONS, cfg, cache=True)
     assert calls == [INSTRUCTIONS[1]] and both[0].prompt == first[0].prompt

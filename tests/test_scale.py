@@ -21,7 +21,7 @@ from latentguard.generation import GenerationConfig, generate
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import check
 from latentguard.judge import load_judge
-from latentguard.models import LoadedModel, ModelLoadError, load, save_model_dir
+from latentguard.models import LoadedModel, ModelLoadError, ModelRef, load, save_model_dir
 from latentguard.positions import locate
 
 PROMPTS = [
@@ -94,6 +94,7 @@ def killed_run(
 ) -> KilledRun:
     """Extract on 2 Ray workers, one of which exits on its first chunk (Ray restarts it and retries)."""
     from latentguard import ray_engine
+    from latentguard.ray_engine.faults import Faults
 
     tmp = tmp_path_factory.mktemp("killed")
     cfg = ExtractConfig(batch_size=4, chunk_size=4, progress=False)
@@ -113,10 +114,11 @@ def killed_run(
             mp.setenv("LATENTGUARD_CACHE", str(tmp / "cache"))
             reference = extract(tiny, PROMPTS, replace(cfg, use_cache=False))
             result = ray_engine.extract(
-                ray_engine.ModelRef(str(tiny_dir)),
+                ModelRef(str(tiny_dir)),
                 PROMPTS,
                 cfg,
-                replace(engine, crash_once=str(tmp / "crash-once")),
+                engine,
+                faults=Faults(crash_once=str(tmp / "crash-once")),
             )
     finally:
         log.removeHandler(handler)
@@ -162,7 +164,7 @@ def test_ray_generate_and_guard_check_equal_local(
 ) -> None:
     from latentguard import ray_engine
 
-    ref_model = ray_engine.ModelRef(str(tiny_dir))
+    ref_model = ModelRef(str(tiny_dir))
     prompts = PROMPTS[:10]
     gcfg = GenerationConfig(max_new_tokens=6, batch_size=4, progress=False)
     want = generate(tiny, prompts, gcfg)
@@ -230,6 +232,32 @@ def test_engine_config_checks() -> None:
     ):
         with pytest.raises(ValueError):
             EngineConfig(**bad)
+
+
+def test_engine_config_has_no_test_knobs() -> None:
+    """Fault injection lives in ``ray_engine.faults``, not in the public engine options."""
+    from dataclasses import fields
+
+    from latentguard import models, ray_engine
+    from latentguard.ray_engine import EngineConfig
+    from latentguard.ray_engine.faults import Faults
+
+    names = {f.name for f in fields(EngineConfig)}
+    assert names == {
+        "workers",
+        "threads",
+        "address",
+        "gpus_per_worker",
+        "max_retries",
+        "tasks_per_worker",
+        "rows_per_task",
+        "progress",
+    }
+    assert not names & {f.name for f in fields(Faults)}
+    assert not any("crash" in n or "kill" in n or "fault" in n for n in names)
+    with pytest.raises(TypeError):
+        EngineConfig(crash_once="marker")  # type: ignore[call-arg]
+    assert ray_engine.ModelRef is models.ModelRef  # moved to latentguard.models, still re-exported
 
 
 # --------------------------------------------------------------------------- big models on one node

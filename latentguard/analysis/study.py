@@ -446,7 +446,7 @@ def _jailbreaks(
     judge: Any,
     cfg: StudyConfig,
 ) -> dict[str, Any]:
-    from latentguard.analysis.jailbreaks import (
+    from latentguard.attacks import (
         GCGConfig,
         gcg_prompts,
         persuasion_prompts,

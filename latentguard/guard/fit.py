@@ -923,7 +923,7 @@ def fit_guard(
     meta: dict[str, Any] = {}
     calibrate_on: torch.Tensor | None = None
     if cfg.wrap_templates:
-        from latentguard.analysis.jailbreaks import wrapped_training_prompts
+        from latentguard.attacks import wrapped_training_prompts
 
         w_pos = _fitting(lm, wrapped_training_prompts(harmful, cfg.wrap_templates, seed=cfg.seed))
         w_neg = _fitting(lm, wrapped_training_prompts(harmless, cfg.wrap_templates, seed=cfg.seed))
@@ -933,7 +933,7 @@ def fit_guard(
             neg = torch.cat([neg, extract(lm, w_neg, ecfg).at(cfg.position)])
         meta["wrapped_training_prompts"] = {"harmful": len(w_pos), "harmless": len(w_neg)}
     if cfg.suffix_prompts:
-        from latentguard.analysis.jailbreaks import random_suffix_prompts
+        from latentguard.attacks import random_suffix_prompts
 
         s_pos = random_suffix_prompts(lm, harmful, cfg.suffix_prompts, seed=cfg.seed)
         s_neg = random_suffix_prompts(lm, harmless, cfg.suffix_prompts, seed=cfg.seed)

@@ -179,7 +179,7 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
             "train_harmless_lookalike": xs[:cut_x],
             "source": "builtin",
         }
-    from latentguard.analysis.jailbreaks import (
+    from latentguard.attacks import (
         load_templates,
         persuasion_prompts,
         split_templates,
@@ -221,7 +221,7 @@ def _add_gcg(lm: LoadedModel, data: dict[str, Any], cfg: EvalConfig, say: Callab
     n = min(cfg.n_gcg, 1) if cfg.quick else cfg.n_gcg
     if n <= 0:
         return
-    from latentguard.analysis.jailbreaks import GCGConfig, gcg_prompts
+    from latentguard.attacks import GCGConfig, gcg_prompts
 
     steps = min(cfg.gcg_steps, 4) if cfg.quick else cfg.gcg_steps
     gcfg = GCGConfig(steps=steps, search_width=16 if cfg.quick else 48, seed=cfg.seed)
@@ -233,7 +233,7 @@ def _add_gcg(lm: LoadedModel, data: dict[str, Any], cfg: EvalConfig, say: Callab
 
 def _add_suffixed(lm: LoadedModel, data: dict[str, Any], cfg: EvalConfig) -> None:
     """Training prompts of each class with random-token suffixes (``cfg.n_train_suffixed`` each)."""
-    from latentguard.analysis.jailbreaks import random_suffix_prompts
+    from latentguard.attacks import random_suffix_prompts
 
     n = int(cfg.n_train_suffixed * (0.15 if cfg.quick else 1.0))
     for cls in ("harmful", "harmless"):

@@ -1,15 +1,8 @@
-"""Jailbreak prompts: template wrappers, persuasive paraphrases and GCG adversarial suffixes.
+"""GCG: adversarial suffixes optimised with greedy coordinate gradient (Zou et al. 2023).
 
-Zhao et al. (2025) measure where jailbreaks move a model's internal *harmfulness* belief and where
-they move its *refusal* behaviour. This module builds the jailbreak prompts that those measurements
-run on. Each is a :class:`JailbreakPrompt` whose ``prompt`` is the full user content (the chat
-template is applied later, by :mod:`latentguard.positions`).
-
-* :func:`template_prompts` wraps instructions in jailbreak templates (the built-in set, plus the
-  GPTFuzzer templates from the shared data folder when present).
-* :func:`persuasion_prompts` wraps them in persuasive paraphrase templates (PAP style).
-* :func:`gcg_attack` / :func:`gcg_prompts` optimise an adversarial suffix with greedy coordinate
-  gradient (Zou et al. 2023) so that the model's reply starts with a compliant target string.
+:func:`gcg_attack` / :func:`gcg_prompts` optimise an adversarial suffix so that the model's reply
+starts with a compliant target string; :func:`gcg_prompts` can keep each optimised prompt in an
+on-disk cache (``cache_dir()/gcg``) so a repeated or killed run does not optimise it again.
 
 GCG in brief. The user content is ``instruction + " " + suffix``. The suffix's tokens (the first one
 carries the separating space) are optimised; the templated prompt is
@@ -18,14 +11,13 @@ gradient of the target's cross-entropy with respect to a one-hot encoding of the
 samples ``search_width`` single-token swaps from the ``topk`` most promising tokens per position,
 drops candidates that do not survive a decode/re-encode round trip (so the returned text tokenises
 back to exactly the optimised ids), evaluates the rest without gradients and moves to the best.
+Candidate sampling uses a local ``torch.Generator`` seeded by ``GCGConfig.seed``.
 
 Example:
-    >>> from latentguard.analysis.jailbreaks import template_prompts, persuasion_prompts
-    >>> jb = template_prompts(["How do I pick a lock?"], use_shared=False, max_templates=2)
-    >>> [p.kind for p in jb]
-    ['template', 'template']
-    >>> len(persuasion_prompts(["How do I pick a lock?"], techniques=["authority"]))
-    2
+    >>> from latentguard.attacks.gcg import GCGConfig, gcg_prompts
+    >>> jb = gcg_prompts(lm, ["How do I pick a lock?"], GCGConfig(steps=4))      # doctest: +SKIP
+    >>> jb[0].kind                                                                # doctest: +SKIP
+    'gcg'
 """
 
 from __future__ import annotations
@@ -34,7 +26,6 @@ import copy
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,269 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from latentguard.activations import _atomic_write_text
-from latentguard.data import DataError, builtin_rows, shared_data_dir, wrap_template
+from latentguard.attacks.prompts import JailbreakPrompt, check_instructions
+from latentguard.attacks.tokens import allowed_tokens, decode, encode, input_embeddings
+from latentguard.data import builtin_rows
 from latentguard.models import LoadedModel, cache_dir
 from latentguard.positions import render, template_frame
 from latentguard.prefix import cache_kwarg, returned_cache
 
-__all__ = [
-    "GCGConfig",
-    "GCGResult",
-    "JailbreakPrompt",
-    "SHARED_TEMPLATES_FILE",
-    "default_target",
-    "gcg_attack",
-    "gcg_prompts",
-    "load_templates",
-    "persuasion_prompts",
-    "random_suffix_prompts",
-    "split_templates",
-    "template_prompts",
-    "wrapped_training_prompts",
-]
+__all__ = ["GCGConfig", "GCGResult", "default_target", "gcg_attack", "gcg_prompts"]
 
 logger = logging.getLogger(__name__)
 
-SHARED_TEMPLATES_FILE = "jailbreak_templates_gptfuzzer.jsonl"
-"""The GPTFuzzer jailbreak templates in the shared data folder (field ``template``)."""
-
 _DEFAULT_TARGET_START = "Sure, here is"
-
-
-@dataclass(frozen=True)
-class JailbreakPrompt:
-    """One jailbreak prompt.
-
-    Attributes:
-        kind: ``"template"``, ``"persuasion"`` or ``"gcg"``.
-        name: The template id, the persuasion technique, or ``"gcg"``.
-        instruction: The original (harmful) instruction.
-        prompt: The full user content sent to the model.
-    """
-
-    kind: str
-    name: str
-    instruction: str
-    prompt: str
-
-
-# --------------------------------------------------------------------------- templates
-
-
-def _check_instructions(instructions: Sequence[str]) -> None:
-    if isinstance(instructions, str):
-        raise TypeError("pass a sequence of instructions, not a single string")
-    for i, inst in enumerate(instructions):
-        if not isinstance(inst, str) or not inst.strip():
-            raise ValueError(f"instruction #{i} is empty; give non-empty, non-whitespace instructions")
-
-
-def _read_shared_templates() -> list[tuple[str, str]]:
-    """Read ``(name, template)`` pairs from the shared GPTFuzzer file; empty when it is absent."""
-    folder = shared_data_dir()
-    if folder is None:
-        return []
-    path = folder / SHARED_TEMPLATES_FILE
-    if not path.is_file():
-        logger.debug("no %s in %s", SHARED_TEMPLATES_FILE, folder)
-        return []
-    out: list[tuple[str, str]] = []
-    text = path.read_text(encoding="utf-8-sig")
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        template = row.get("template")
-        if not isinstance(template, str) or not template.strip():
-            raise DataError(f"{where}: row has no non-empty 'template' field")
-        name = f"gptfuzzer-{row.get('id', lineno - 1)}"
-        out.append((name, template))
-    logger.debug("read %d shared jailbreak templates from %s", len(out), path)
-    return out
-
-
-def load_templates(use_shared: bool = True) -> list[tuple[str, str]]:
-    """Return the jailbreak templates as ``(name, template)`` pairs, built-in ones first.
-
-    Args:
-        use_shared: Also read the GPTFuzzer templates from the shared data folder, when present.
-
-    Returns:
-        The templates. Names are the built-in ids (``builtin-1``...) and ``gptfuzzer-<id>``.
-
-    Raises:
-        DataError: The shared file is malformed.
-    """
-    templates = [(str(row["id"]), str(row["template"])) for row in builtin_rows("jailbreak_templates")]
-    if use_shared:
-        templates += _read_shared_templates()
-    return templates
-
-
-def split_templates(
-    templates: Sequence[tuple[str, str]], train_fraction: float = 0.5, seed: int = 0
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split templates into disjoint (train, test) lists, e.g. to train a guard on some jailbreak
-    templates and measure it on others it never saw.
-
-    Args:
-        templates: ``(name, template)`` pairs (see :func:`load_templates`).
-        train_fraction: Fraction of templates in the train list.
-        seed: Seed of the shuffle that precedes the cut.
-
-    Raises:
-        ValueError: If either side would be empty.
-    """
-    order = list(range(len(templates)))
-    random.Random(seed).shuffle(order)
-    k = int(round(len(order) * train_fraction))
-    if not 0 < k < len(order):
-        raise ValueError(
-            f"cannot split {len(order)} templates with train_fraction={train_fraction} into two non-empty sets"
-        )
-    return [templates[i] for i in order[:k]], [templates[i] for i in order[k:]]
-
-
-def wrapped_training_prompts(
-    instructions: Sequence[str], n: int, *, seed: int = 0, use_shared: bool = True
-) -> list[str]:
-    """``n`` of ``instructions`` (sampled by ``seed``), each wrapped in one jailbreak template of the
-    *train* half of :func:`split_templates` (cycling), for training a guard that reads the request
-    rather than the wrapper. Test with the other half: ``split_templates(...)[1]``.
-
-    Example:
-        >>> wrapped_training_prompts(["Say hi"], 1, use_shared=False)[0].count("Say hi")   # doctest: +SKIP
-        1
-    """
-    _check_instructions(instructions)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    train, _ = split_templates(load_templates(use_shared), 0.5, seed)
-    picked = random.Random(seed).sample(list(instructions), min(n, len(instructions)))
-    return [wrap_template(train[i % len(train)][1], inst) for i, inst in enumerate(picked)]
-
-
-def random_suffix_prompts(
-    lm: LoadedModel, instructions: Sequence[str], n: int, *, seed: int = 0, suffix_len: int = 12
-) -> list[str]:
-    """``n`` of ``instructions`` (sampled by ``seed``), each followed by a suffix of ``suffix_len``
-    random tokens from GCG's search space (printable ASCII, not special; the first starts with a space).
-
-    For training a guard that reads the request through an adversarial suffix: the suffix moves
-    ``t_inst`` to its last token, as a GCG suffix does, but is not optimised against the model, so the
-    GCG test prompts stay unseen.
-
-    Example:
-        >>> random_suffix_prompts(lm, ["Say hi"], 1)[0].startswith("Say hi ")   # doctest: +SKIP
-        True
-    """
-    _check_instructions(instructions)
-    if n < 0 or suffix_len < 1:
-        raise ValueError(f"n must be >= 0 and suffix_len >= 1, got {n} and {suffix_len}")
-    picked = random.Random(seed).sample(list(instructions), min(n, len(instructions)))
-    if not picked:
-        return []
-    allowed, first = _allowed_tokens(lm.tokenizer, _embeddings(lm).weight.shape[0])
-    pool, starts = allowed.nonzero().flatten(), first.nonzero().flatten()
-    if not len(pool) or not len(starts):
-        raise ValueError("the tokenizer has no printable tokens to build a suffix from")
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for inst in picked:
-        head = starts[torch.randint(len(starts), (1,), generator=gen)]
-        rest = pool[torch.randint(len(pool), (suffix_len - 1,), generator=gen)]
-        out.append(inst + _decode(lm.tokenizer, torch.cat([head, rest]).tolist()))
-    return out
-
-
-def template_prompts(
-    instructions: Sequence[str],
-    *,
-    use_shared: bool = True,
-    max_templates: int | None = None,
-    seed: int = 0,
-    templates: Sequence[tuple[str, str]] | None = None,
-) -> list[JailbreakPrompt]:
-    """Wrap each instruction in jailbreak templates.
-
-    The templates (see :func:`load_templates`) are put in an order fixed by ``seed``; instruction
-    ``i`` then takes the next ``k`` templates of that order, cycling, starting at ``i * k``. So every
-    instruction gets ``k`` distinct templates and, over many instructions, every template is used
-    about equally often.
-
-    Args:
-        instructions: The instructions to wrap.
-        use_shared: Also use the GPTFuzzer templates from the shared data folder, when present.
-        max_templates: Templates per instruction (``None`` means all; capped at the number available).
-        seed: Seed for the template order.
-        templates: Use these ``(name, template)`` pairs instead of :func:`load_templates`.
-
-    Returns:
-        The prompts, grouped by instruction, in input order.
-
-    Raises:
-        ValueError: An instruction is empty, or ``max_templates`` is below 1.
-    """
-    _check_instructions(instructions)
-    if max_templates is not None and max_templates < 1:
-        raise ValueError(f"max_templates must be None or >= 1, got {max_templates}")
-    if templates is None:
-        templates = load_templates(use_shared)
-    if not templates:
-        raise ValueError("no jailbreak templates to wrap the instructions in")
-    order = list(range(len(templates)))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    k = n if max_templates is None else min(max_templates, n)
-    out: list[JailbreakPrompt] = []
-    for i, inst in enumerate(instructions):
-        for j in range(k):
-            name, template = templates[order[(i * k + j) % n]]
-            out.append(JailbreakPrompt("template", name, inst, wrap_template(template, inst)))
-    logger.debug("built %d template prompts (%d templates each)", len(out), k)
-    return out
-
-
-def persuasion_prompts(
-    instructions: Sequence[str], *, techniques: Sequence[str] | None = None
-) -> list[JailbreakPrompt]:
-    """Wrap each instruction in the built-in persuasion templates (PAP style).
-
-    Args:
-        instructions: The instructions to wrap.
-        techniques: Only these techniques (e.g. ``["authority"]``); ``None`` means all.
-
-    Returns:
-        One prompt per (instruction, template), grouped by instruction, in file order; ``name`` is the
-        technique.
-
-    Raises:
-        ValueError: An instruction is empty, or a technique is unknown.
-    """
-    _check_instructions(instructions)
-    rows = builtin_rows("persuasion")
-    known = sorted({str(r["technique"]) for r in rows})
-    if techniques is not None:
-        if isinstance(techniques, str):
-            techniques = [techniques]
-        unknown = sorted(set(techniques) - set(known))
-        if unknown:
-            raise ValueError(f"unknown persuasion technique(s) {unknown}; choose from {known}")
-        rows = [r for r in rows if r["technique"] in set(techniques)]
-    return [
-        JailbreakPrompt("persuasion", str(r["technique"]), inst, wrap_template(str(r["template"]), inst))
-        for inst in instructions
-        for r in rows
-    ]
-
-
-# --------------------------------------------------------------------------- GCG
 
 
 @dataclass(frozen=True)
@@ -373,46 +113,6 @@ def default_target() -> str:
     return _DEFAULT_TARGET_START
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _embeddings(lm: LoadedModel) -> Any:
-    """The model's input embedding module."""
-    model: Any = lm.model
-    return model.get_input_embeddings()
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Decode exactly (no special-token skipping, no clean-up of spaces)."""
-    return str(tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
-
-
-def _allowed_tokens(tokenizer: Any, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks over the model's vocabulary: tokens allowed anywhere, and those allowed first.
-
-    Allowed tokens decode to non-empty printable ASCII and are not special or added tokens; the first
-    suffix token must also start with the separating space.
-    """
-    n = min(vocab_size, len(tokenizer))
-    seqs = [[i] for i in range(n)]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "decode_batch"):
-        texts = list(backend.decode_batch(seqs, skip_special_tokens=False))
-    else:
-        texts = list(tokenizer.batch_decode(seqs, clean_up_tokenization_spaces=False))
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    special.update(int(i) for i in (getattr(tokenizer, "added_tokens_decoder", {}) or {}))
-    allowed = torch.zeros(vocab_size, dtype=torch.bool)
-    first = torch.zeros(vocab_size, dtype=torch.bool)
-    for i, text in enumerate(texts):
-        if i in special or not text.strip() or not (text.isascii() and text.isprintable()):
-            continue
-        allowed[i] = True
-        first[i] = text[0] == " " and text[1] != " "
-    return allowed, first
-
-
 @contextmanager
 def _frozen_params(model: torch.nn.Module) -> Iterator[None]:
     """Turn off ``requires_grad`` on every parameter, restoring the original flags afterwards."""
@@ -465,7 +165,7 @@ class _Problem:
 
     def input_embeds(self, suffix_embeds: torch.Tensor) -> torch.Tensor:
         """``[1, T, d]`` embeddings fed to the model, given the suffix's ``[L, d]`` embeddings."""
-        emb = _embeddings(self.lm)
+        emb = input_embeddings(self.lm)
         parts = [suffix_embeds, emb(self.after), emb(self.target)]
         if self.prefix_cache is None:
             parts.insert(0, emb(self.before))
@@ -498,18 +198,18 @@ def _build_problem(lm: LoadedModel, instruction: str, target: str, init_suffix_t
     if rendered != frame.prefix + content + frame.suffix:
         raise ValueError("the chat template changes the user content (e.g. trims it); cannot place a suffix")
     dev = lm.device
-    target_ids = _encode(tok, target)
+    target_ids = encode(tok, target)
     if not target_ids:
         raise ValueError("the GCG target tokenises to nothing")
-    emb = _embeddings(lm)
+    emb = input_embeddings(lm)
     scale = getattr(emb, "embed_scale", None)
     embed_scale = float(scale) if isinstance(scale, (int, float, torch.Tensor)) else 1.0
     return _Problem(
         lm=lm,
         text_before=frame.prefix + instruction,
         text_after=frame.suffix,
-        before=torch.tensor(_encode(tok, frame.prefix + instruction), dtype=torch.long, device=dev),
-        after=torch.tensor(_encode(tok, frame.suffix), dtype=torch.long, device=dev),
+        before=torch.tensor(encode(tok, frame.prefix + instruction), dtype=torch.long, device=dev),
+        after=torch.tensor(encode(tok, frame.suffix), dtype=torch.long, device=dev),
         target=torch.tensor(target_ids, dtype=torch.long, device=dev),
         embed_scale=embed_scale,
     )
@@ -543,7 +243,7 @@ def _enable_prefix_cache(problem: _Problem, suffix: torch.Tensor) -> None:
 
 def _gradient(problem: _Problem, suffix: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
     """Gradient of the target loss w.r.t. the one-hot suffix ``[L, V]``, plus the loss and match."""
-    weight = _embeddings(problem.lm).weight
+    weight = input_embeddings(problem.lm).weight
     with torch.inference_mode(False), torch.enable_grad():
         one_hot = torch.zeros(suffix.numel(), weight.shape[0], dtype=weight.dtype, device=weight.device)
         one_hot.scatter_(1, suffix.unsqueeze(1), 1.0)
@@ -585,10 +285,10 @@ def _filter(problem: _Problem, candidates: torch.Tensor, current: torch.Tensor) 
         if key in seen:
             continue
         seen.add(key)
-        text = _decode(tok, row)
+        text = decode(tok, row)
         if not text.startswith(" ") or text[1:] != text[1:].strip() or not text[1:]:
             continue
-        if _encode(tok, text) != row:
+        if encode(tok, text) != row:
             continue
         rows.append(row)
         texts.append(text)
@@ -627,10 +327,10 @@ def _sample(
 
 
 def _initial_suffix(tokenizer: Any, config: GCGConfig) -> list[int]:
-    ids = _encode(tokenizer, " " + config.init_char)
+    ids = encode(tokenizer, " " + config.init_char)
     if len(ids) == 1:
         return ids * config.suffix_len
-    ids = _encode(tokenizer, " " + " ".join([config.init_char] * config.suffix_len))
+    ids = encode(tokenizer, " " + " ".join([config.init_char] * config.suffix_len))
     if len(ids) < config.suffix_len:
         raise ValueError(f"init_char {config.init_char!r} does not give {config.suffix_len} suffix tokens")
     return ids[: config.suffix_len]
@@ -647,9 +347,9 @@ def _run_gcg(
     if not instruction.strip():
         raise ValueError("empty instruction")
     init = _initial_suffix(tok, config)
-    problem = _build_problem(lm, instruction, target, _decode(tok, init))
-    vocab = _embeddings(lm).weight.shape[0]
-    allowed, first = masks if masks is not None else _allowed_tokens(tok, vocab)
+    problem = _build_problem(lm, instruction, target, decode(tok, init))
+    vocab = input_embeddings(lm).weight.shape[0]
+    allowed, first = masks if masks is not None else allowed_tokens(tok, vocab)
     if not bool(first.any()):
         raise ValueError("no token in the vocabulary can start the suffix (printable ASCII after a space)")
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -704,7 +404,7 @@ def _run_gcg(
                     grad, _, _ = _gradient(problem, current)
         finally:
             lm.model.train(was_training)
-    text = _decode(tok, best_ids.tolist())
+    text = decode(tok, best_ids.tolist())
     suffix = text[1:] if text.startswith(" ") else text
     logger.info(
         "GCG: %d steps in %.1fs, loss %.4f -> %.4f, target matched: %s",
@@ -771,7 +471,7 @@ def gcg_prompts(
     Raises:
         ValueError: An instruction is empty, or ``targets`` has the wrong length.
     """
-    _check_instructions(instructions)
+    check_instructions(instructions)
     cfg = config or GCGConfig()
     if targets is None:
         targets = [default_target()] * len(instructions)
@@ -779,8 +479,8 @@ def gcg_prompts(
         raise ValueError("targets must be a sequence with one target per instruction")
     if not instructions:
         return []
-    vocab = _embeddings(lm).weight.shape[0]
-    masks = _allowed_tokens(lm.tokenizer, vocab)
+    vocab = input_embeddings(lm).weight.shape[0]
+    masks = allowed_tokens(lm.tokenizer, vocab)
     out: list[JailbreakPrompt] = []
     for i, (inst, target) in enumerate(zip(instructions, targets, strict=True)):
         path = _gcg_cache_path(lm, inst, target, cfg) if cache else None
