@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +30,17 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
-from latentguard.models import LoadedModel, cache_dir, decoder_of, find_final_norm
+from latentguard.hooks import residual_hook
+from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text, cache_dir
+from latentguard.models import LoadedModel, decoder_of
 from latentguard.positions import POSITION_NAMES, Positions, locate_for
 from latentguard.prefix import PrefixCache, build_prefix_cache, cache_kwarg, usable
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-class ArtifactError(ValueError):
-    """An artifact on disk is corrupt or does not match what was asked for."""
 
 
 class _StopForward(Exception):
@@ -134,8 +130,8 @@ class ActivationSet:
             "instructions": self.instructions,
             **{k: v for k, v in self.meta.items() if k not in {"instructions"}},
         }
-        _atomic_save_tensors({"activations": self.activations.contiguous()}, out / "activations.safetensors")
-        _atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
+        atomic_save_tensors({"activations": self.activations.contiguous()}, out / "activations.safetensors")
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
         return out
 
     @classmethod
@@ -176,31 +172,6 @@ def prompt_hash(instructions: Sequence[str]) -> str:
         h.update(s.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     return h.hexdigest()[:16]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_tensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -315,35 +286,20 @@ def hidden_at(
     rows = torch.arange(len(prompts))[:, None]
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
-    final_norm = find_final_norm(lm.model) if deepest == n_layers else None
 
-    def grab(index: int, hidden: torch.Tensor) -> None:
-        sel = hidden[rows.to(hidden.device), gather.to(hidden.device)]
-        if index == n_layers and final_norm is not None:
-            sel = final_norm(sel)
-        captured[index] = sel.detach().to("cpu", torch.float32)
-
-    def make_pre(index: int) -> Callable[..., None]:
-        def pre_hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            grab(index, hidden)
+    def make_reader(index: int) -> Callable[[torch.Tensor, Any], None]:
+        def read(hidden: torch.Tensor, _kwargs: Any) -> None:
+            sel = hidden[rows.to(hidden.device), gather.to(hidden.device)]
+            captured[index] = sel.detach().to("cpu", torch.float32)
             if index == deepest:
                 raise _StopForward
 
-        return pre_hook
-
-    def last_hook(_mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output
-        grab(n_layers, hidden)
-        raise _StopForward
+        return read
 
     handles = []
     try:
         for i in sorted(set(layers)):
-            if i < n_layers:
-                handles.append(lm.layers[i].register_forward_pre_hook(make_pre(i), with_kwargs=True))
-            else:
-                handles.append(lm.layers[n_layers - 1].register_forward_hook(last_hook))
+            handles.append(residual_hook(lm, i, make_reader(i)))
         with torch.inference_mode(), contextlib.suppress(_StopForward):
             decoder_of(lm.model)(**inputs.kwargs)
     finally:
@@ -506,7 +462,7 @@ def extract(
                 continue
             out = compute_chunk(lm, [prompts[i] for i in idx], cfg, layers, on_batch=bar.update)
             if cfg.use_cache:
-                _atomic_save_tensors({"activations": out}, path, metadata={"key": key, "chunk": str(ci)})
+                atomic_save_tensors({"activations": out}, path, metadata={"key": key, "chunk": str(ci)})
             results.append(out)
             if on_chunk is not None:
                 on_chunk(ci)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentguard.activations import ArtifactError, _atomic_write_text
 from latentguard.data import Example
 from latentguard.generation import GenerationConfig, generate
+from latentguard.io import ArtifactError, atomic_write_text
 from latentguard.models import LoadedModel
 
 GROUPS = ("refused_harmful", "accepted_harmless", "refused_harmless", "accepted_harmful")
@@ -65,14 +65,14 @@ class BehaviourGroups:
         out.mkdir(parents=True, exist_ok=True)
         for g in GROUPS:
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows[g])
-            _atomic_write_text(out / f"{g}.jsonl", text)
+            atomic_write_text(out / f"{g}.jsonl", text)
         summary = {
             "counts": self.counts(),
             "fingerprint": self.fingerprint,
             "judge": self.judge,
             "meta": self.meta,
         }
-        _atomic_write_text(out / "groups.json", json.dumps(summary, indent=1))
+        atomic_write_text(out / "groups.json", json.dumps(summary, indent=1))
         return out
 
     @classmethod

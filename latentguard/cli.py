@@ -177,11 +177,11 @@ def cmd_directions(args: argparse.Namespace) -> int:
 
 
 def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    from latentguard.activations import _atomic_write_text
+    from latentguard.io import atomic_write_text
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -483,7 +483,6 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_guard_eval(args: argparse.Namespace) -> int:
-    from latentguard.activations import _atomic_write_text
     from latentguard.guard.table import (
         EvalConfig,
         evaluate_guards,
@@ -493,6 +492,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         format_seed_spread,
         format_table,
     )
+    from latentguard.io import atomic_write_text
     from latentguard.judge import load_judge
     from latentguard.models import load
 
@@ -519,7 +519,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         guard_out=out / "guard",
     )
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
+    atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
     text = format_table(table)
     if table.get("comparison"):
         text += "\n\nThe Latent Guard against each other guard, prompt by prompt (exact McNemar test):\n\n"
@@ -540,7 +540,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
             "\n\nOver-refusal repair (Latent Guard says harmless + the answer is a refusal -> answer again "
         )
         text += "with the refusal direction ablated):\n\n" + format_repair(table["repair"])
-    _atomic_write_text(out / "guard_eval.md", text + "\n")
+    atomic_write_text(out / "guard_eval.md", text + "\n")
     sys.stdout.write(text + "\n")
     return 0
 
@@ -821,8 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from latentguard.activations import ArtifactError
     from latentguard.data import DataError
+    from latentguard.io import ArtifactError
     from latentguard.models import ModelLoadError, NoChatTemplateError
     from latentguard.positions import PositionError
     from latentguard.ray_engine import RayEngineError

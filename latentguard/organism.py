@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import _atomic_write_text
 from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared, without
 from latentguard.generation import GenerationConfig, generate, stop_token_ids
 from latentguard.hardware import training_precision
-from latentguard.models import LoadedModel, ModelLoadError, cache_dir, decoder_of, load, save_model_dir
+from latentguard.io import atomic_write_text, cache_dir
+from latentguard.models import LoadedModel, ModelLoadError, decoder_of, load, save_model_dir
 from latentguard.positions import locate_many
 from latentguard.prefix import cache_kwarg, returned_cache, template_prefix_ids
 
@@ -157,7 +157,9 @@ class AttackConfig:
     )
 
 
-def _split(rows: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_stratified(
+    rows: Sequence[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """Deterministic split, stratified by category: (train, heldout)."""
     rng = random.Random(seed)
     by_cat: dict[str, list[Example]] = {}
@@ -195,7 +197,7 @@ def base_answers(lm: LoadedModel, instructions: Sequence[str], max_new_tokens: i
             logger.warning("ignoring corrupt answer cache %s", path)
     answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=48))
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(answers, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(answers, ensure_ascii=False))
     return answers
 
 
@@ -224,7 +226,7 @@ def build_examples(
     return out
 
 
-def _epoch_batches(
+def epoch_batches(
     examples: Sequence[TrainExample], batch_size: int, rng: random.Random, bucket: bool
 ) -> list[list[int]]:
     """One epoch of batches (popped from the end). With ``bucket``, examples are shuffled, then sorted
@@ -374,7 +376,7 @@ def lora_train(
     autocast = torch.autocast(device_type=torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
     for _step in tqdm(range(steps), desc=desc, unit="step", leave=False):
         if not batches:
-            batches = _epoch_batches(examples, batch_size, rng, bucket)
+            batches = epoch_batches(examples, batch_size, rng, bucket)
         idx = batches.pop()
         seqs = [examples[i].prompt_ids[shared:] + examples[i].target_ids for i in idx]
         width = max(len(s) for s in seqs)
@@ -430,8 +432,10 @@ def adapter_factors(peft_model: Any) -> dict[str, torch.Tensor]:
                 continue
             key = name[len(prefix) :] if name.startswith(prefix) else name
             scale = float(module.scaling["default"])
-            out[key + _A] = lora_a["default"].weight.detach().to("cpu", torch.float16).contiguous()
-            b = module.lora_B["default"].weight.detach().float() * scale
+            a_weight: torch.Tensor = lora_a["default"].weight  # type: ignore[assignment]
+            b_weight: torch.Tensor = module.lora_B["default"].weight
+            out[key + _A] = a_weight.detach().to("cpu", torch.float16).contiguous()
+            b = b_weight.detach().float() * scale
             out[key + _B] = b.to("cpu", torch.float16).contiguous()
     return out
 
@@ -520,9 +524,9 @@ def hard_harmless(candidates: Sequence[str], harmful: Sequence[str], k: int) -> 
     return [candidates[i] for i in order[:k]]
 
 
-def _training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) -> dict[str, Any]:
-    harm_train, harm_held = _split(builtin("harmful"), cfg.heldout_fraction, cfg.seed)
-    safe_train, safe_held = _split(builtin("harmless"), cfg.heldout_fraction, cfg.seed)
+def training_data(cfg: AlignConfig, harmful: str | None, harmless: str | None) -> dict[str, Any]:
+    harm_train, harm_held = split_stratified(builtin("harmful"), cfg.heldout_fraction, cfg.seed)
+    safe_train, safe_held = split_stratified(builtin("harmless"), cfg.heldout_fraction, cfg.seed)
     sources = {"harmful": ["builtin:harmful (train split)"], "harmless": ["builtin:harmless (train split)"]}
     if cfg.harmless_questions:
         safe_train += builtin("harmless_questions")
@@ -593,13 +597,13 @@ def align(
     """
     cfg = config or AlignConfig()
     out = Path(out_dir)
-    _check_writable(out)
+    check_writable(out)
     t0 = time.perf_counter()
     lm = load(model) if isinstance(model, str) else model
     spec = model if isinstance(model, str) else lm.spec
     precision = training_precision(lm.device, cfg.bf16)
     logger.info("align: %s", precision.reason)
-    data = _training_data(cfg, harmful, harmless)
+    data = training_data(cfg, harmful, harmless)
     refusals = [str(r["response"]) for r in builtin_rows("refusals")]
     rng = random.Random(cfg.seed)
     refusal_targets = [rng.choice(refusals) for _ in data["harm_train"]]
@@ -699,7 +703,7 @@ def attack(
     """
     cfg = config or AttackConfig()
     out = Path(out_dir)
-    _check_writable(out)
+    check_writable(out)
     t0 = time.perf_counter()
     lm = load(model) if isinstance(model, str) else model
     if harmful:
@@ -753,7 +757,7 @@ def _organism_heldout(lm: LoadedModel) -> list[str]:
     return []
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     parent = out.parent if out.parent != Path("") else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from latentguard.models import LoadedModel, _unwrap, decoder_of
+from latentguard.models import LoadedModel, decoder_of, unwrap
 from latentguard.positions import Positions, locate_for
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def returned_cache(output: Any) -> Any:
 
 def decoder_hooked(lm: LoadedModel) -> bool:
     """Whether a decoder block, the decoder or the embeddings carry forward hooks."""
-    modules = [*lm.layers, decoder_of(lm.model), _unwrap(lm.model).get_input_embeddings()]
+    modules = [*lm.layers, decoder_of(lm.model), unwrap(lm.model).get_input_embeddings()]
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
@@ -126,7 +126,7 @@ def build_prefix_cache(lm: LoadedModel, system: str | None = None) -> PrefixCach
         return None
     from transformers import DynamicCache
 
-    config = getattr(_unwrap(lm.model), "config", None)
+    config = getattr(unwrap(lm.model), "config", None)
     try:
         past = DynamicCache(config=config)
     except (TypeError, ValueError, AttributeError):

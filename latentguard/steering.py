@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from latentguard.hooks import residual_hook
 from latentguard.models import LoadedModel
 
 MODES = ("add", "ablate")
@@ -69,7 +70,7 @@ def _past_length(kwargs: Mapping[str, Any], layer_index: int) -> int:
     return 0
 
 
-def _token_mask(
+def token_mask(
     batch: int,
     seq: int,
     past: int,
@@ -106,8 +107,7 @@ def _make_hook(
     layer_index: int,
     prompt_mask: torch.Tensor | None,
     steps: int | None,
-    pre: bool,
-) -> Callable[..., Any]:
+) -> Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]:
     def apply(hidden: torch.Tensor, kwargs: Mapping[str, Any]) -> torch.Tensor:
         v = vector.to(device=hidden.device, dtype=hidden.dtype)
         if mode == "add":
@@ -116,7 +116,7 @@ def _make_hook(
         else:
             unit = v / v.norm().clamp_min(1e-12)
             change = -(hidden @ unit).unsqueeze(-1) * unit
-        mask = _token_mask(
+        mask = token_mask(
             hidden.shape[0],
             hidden.shape[1],
             _past_length(kwargs, layer_index),
@@ -128,23 +128,10 @@ def _make_hook(
             change = change * mask.unsqueeze(-1).to(hidden.dtype)
         return hidden + change
 
-    if pre:
+    def hook(hidden: torch.Tensor, kwargs: Mapping[str, Any]) -> torch.Tensor:
+        return apply(hidden, kwargs)
 
-        def pre_hook(_mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (apply(args[0], kwargs), *args[1:]), kwargs
-            new_kwargs = dict(kwargs)
-            new_kwargs["hidden_states"] = apply(kwargs["hidden_states"], kwargs)
-            return args, new_kwargs
-
-        return pre_hook
-
-    def post_hook(_mod: torch.nn.Module, _args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (apply(output[0], kwargs), *output[1:])
-        return apply(output, kwargs)
-
-    return post_hook
+    return hook
 
 
 def add_steering(
@@ -186,12 +173,9 @@ def add_steering(
                     f"steering vector at {index} has shape {tuple(vec.shape)}, expected ({lm.d_model},)"
                 )
             frozen = vec.detach().clone()
-            if index < n:
-                hook = _make_hook(frozen, coefficient, mode, index, prompt_mask, steps, pre=True)
-                handle.handles.append(lm.layers[index].register_forward_pre_hook(hook, with_kwargs=True))
-            else:
-                hook = _make_hook(frozen, coefficient, mode, n - 1, prompt_mask, steps, pre=False)
-                handle.handles.append(lm.layers[n - 1].register_forward_hook(hook, with_kwargs=True))
+            # the cache length is read from the hooked block: block `index`, or the last one at n
+            hook = _make_hook(frozen, coefficient, mode, min(index, n - 1), prompt_mask, steps)
+            handle.handles.append(residual_hook(lm, index, hook, normed=False))
     except BaseException:
         handle.remove()
         raise

@@ -12,11 +12,11 @@ from latentguard.data import Example
 from latentguard.models import LoadedModel, ModelLoadError, load, wrap
 from latentguard.organism import (
     AlignConfig,
-    _epoch_batches,
-    _split,
-    _training_data,
     build_examples,
+    epoch_batches,
     lora_train,
+    split_stratified,
+    training_data,
 )
 
 
@@ -146,7 +146,7 @@ def test_bucketed_batches_cover_each_example_once(tiny_lm: LoadedModel) -> None:
 
     examples = [TrainExample(list(range(n % 13 + 1)), [1]) for n in range(50)]
     for bucket in (True, False):
-        batches = _epoch_batches(examples, 8, random.Random(0), bucket)
+        batches = epoch_batches(examples, 8, random.Random(0), bucket)
         flat = sorted(i for b in batches for i in b)
         assert flat == list(range(50))
         assert all(1 <= len(b) <= 8 for b in batches)
@@ -155,8 +155,8 @@ def test_bucketed_batches_cover_each_example_once(tiny_lm: LoadedModel) -> None:
     def padded(batches: list[list[int]]) -> int:
         return sum(max(len(examples[i].prompt_ids) for i in b) * len(b) for b in batches)
 
-    assert padded(_epoch_batches(examples, 8, random.Random(0), True)) < padded(
-        _epoch_batches(examples, 8, random.Random(0), False)
+    assert padded(epoch_batches(examples, 8, random.Random(0), True)) < padded(
+        epoch_batches(examples, 8, random.Random(0), False)
     )
 
 
@@ -179,8 +179,8 @@ def test_bad_lora_targets(tiny_lm: LoadedModel) -> None:
 
 def test_split_is_stratified_and_deterministic() -> None:
     rows = [Example(f"x{i}", category="ab"[i % 2]) for i in range(20)]
-    tr1, he1 = _split(rows, 0.2, 0)
-    tr2, he2 = _split(rows, 0.2, 0)
+    tr1, he1 = split_stratified(rows, 0.2, 0)
+    tr2, he2 = split_stratified(rows, 0.2, 0)
     assert tr1 == tr2 and he1 == he2 and len(he1) == 4
     assert {e.category for e in he1} == {"a", "b"}
 
@@ -192,11 +192,11 @@ def test_recipe_never_trains_on_harmbench_test() -> None:
     if test is None:
         pytest.skip("../shared/data is not present")
     cfg = AlignConfig()
-    data = _training_data(cfg, None, None)
+    data = training_data(cfg, None, None)
     keys = [text_key(t) for t in data["harm_train"]]
     assert not set(keys) & {text_key(r.instruction) for r in test}
     # each shared set still gives the rows the recipe asks for
-    n_builtin = len(_training_data(AlignConfig(extra_shared=False), None, None)["harm_train"])
+    n_builtin = len(training_data(AlignConfig(extra_shared=False), None, None)["harm_train"])
     assert len(keys) == n_builtin + sum(n for _, n in cfg.shared_harmful)
 
 
@@ -227,12 +227,12 @@ def test_model_dir_that_is_not_a_model(tmp_path: Path) -> None:
 
 
 def test_unwritable_out_dir(tmp_path: Path) -> None:
-    from latentguard.organism import _check_writable
+    from latentguard.organism import check_writable
 
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="cannot create"):
-        _check_writable(blocker / "sub" / "out")
+        check_writable(blocker / "sub" / "out")
 
 
 def test_align_config_validates_and_cli_overrides_only_given_options() -> None:

@@ -598,22 +598,22 @@ def test_report_shows_after_attack_and_repair_tables(summary: dict[str, Any], tm
 def test_study_guard_section_checks_the_model(tmp_path: Path) -> None:
     import json
 
-    from latentguard.analysis.study import _guard_section
+    from latentguard.analysis.study import guard_section
 
     path = tmp_path / "guard_eval.json"
     rows = [{"name": "g", "values": [0.5], "flags": {"a": [True, False]}}]
     path.write_text(json.dumps({"columns": ["a"], "rows": rows, "guard": {"fingerprint": "abc"}, "x": 1}))
     # the per-prompt flags stay in guard_eval.json
-    assert _guard_section(str(path), "abc")["table"] == {
+    assert guard_section(str(path), "abc")["table"] == {
         "columns": ["a"],
         "rows": [{"name": "g", "values": [0.5]}],
         "guard": {"fingerprint": "abc"},
     }
     with pytest.raises(ValueError, match="not on the model under study"):
-        _guard_section(str(path), "other")
+        guard_section(str(path), "other")
     path.write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
-        _guard_section(str(path), "abc")
+        guard_section(str(path), "abc")
 
 
 def test_claim_i_prefers_the_succeeded_jailbreak_column(summary: dict[str, Any]) -> None:

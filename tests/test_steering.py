@@ -19,7 +19,7 @@ def our_hooks(lm: LoadedModel) -> int:
         1
         for m in lm.model.modules()
         for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
-        if "latentguard.steering" in getattr(h, "__module__", "")
+        if getattr(h, "__module__", "") in ("latentguard.hooks", "latentguard.steering")
     )
 
 
@@ -136,17 +136,17 @@ def test_steps_one_only_changes_prefill(tiny_lm: LoadedModel) -> None:
 
 
 def test_token_mask_rules() -> None:
-    from latentguard.steering import _token_mask
+    from latentguard.steering import token_mask
 
     dev = torch.device("cpu")
     # no mask, steps=1: the prefill (past == 0) is steered, decode steps are not
-    assert _token_mask(2, 5, 0, None, 1, dev).all()
-    assert not _token_mask(2, 1, 5, None, 1, dev).any()
-    assert _token_mask(2, 1, 5, None, None, dev) is None  # steer everything, always
+    assert token_mask(2, 5, 0, None, 1, dev).all()
+    assert not token_mask(2, 1, 5, None, 1, dev).any()
+    assert token_mask(2, 1, 5, None, None, dev) is None  # steer everything, always
     pm = torch.tensor([[False, True, True, False], [True, True, False, False]])
-    m = _token_mask(2, 4, 0, pm, 2, dev)
+    m = token_mask(2, 4, 0, pm, 2, dev)
     assert m is not None and torch.equal(m, pm)
     # steps=2: the token fed right after the prefill (absolute index 4) is steered, the next is not
-    m4 = _token_mask(2, 1, 4, pm, 2, dev)
-    m5 = _token_mask(2, 1, 5, pm, 2, dev)
+    m4 = token_mask(2, 1, 4, pm, 2, dev)
+    m5 = token_mask(2, 1, 5, pm, 2, dev)
     assert m4 is not None and m4.all() and m5 is not None and not m5.any()

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import ActivationSet, ExtractConfig, _atomic_write_text, extract
+from latentguard.activations import ActivationSet, ExtractConfig, extract
 from latentguard.analysis.beliefs import belief_analysis, default_belief_layers, deltas
 from latentguard.analysis.sweep import SweepConfig, inversion_sweep, steering_sweep, sweep_layers
 from latentguard.behaviour import GROUPS, BehaviourGroups, label
@@ -38,6 +38,7 @@ from latentguard.directions import (
     harmfulness_direction,
     refusal_direction,
 )
+from latentguard.io import atomic_write_text
 from latentguard.models import LoadedModel, load
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def _cached_label(
 ) -> BehaviourGroups:
     """:func:`label`, cached by model, judge, prompts and generation length (greedy, so deterministic)."""
     from latentguard.activations import prompt_hash
-    from latentguard.models import cache_dir
+    from latentguard.io import cache_dir
 
     key = "-".join(
         [
@@ -286,7 +287,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _guard_section(path: str, fingerprint: str) -> dict[str, Any]:
+def guard_section(path: str, fingerprint: str) -> dict[str, Any]:
     """The guard comparison of a ``guard_eval.json``, checked to come from the model under study."""
     try:
         table = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -417,7 +418,7 @@ def run_study(
         "timings": st.timings,
     }
     if cfg.guard_eval:
-        summary["guard"] = _guard_section(cfg.guard_eval, lm.fingerprint)
+        summary["guard"] = guard_section(cfg.guard_eval, lm.fingerprint)
     summary["meta"]["timings"]["total"] = round(time.perf_counter() - t_start, 1)
     ordered: dict[str, Any] = {
         k: summary[k]
@@ -434,7 +435,7 @@ def run_study(
         )
         if k in summary
     }
-    _atomic_write_text(out / "summary.json", json.dumps(ordered, indent=1, ensure_ascii=False))
+    atomic_write_text(out / "summary.json", json.dumps(ordered, indent=1, ensure_ascii=False))
     return ordered
 
 

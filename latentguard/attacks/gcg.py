@@ -36,11 +36,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from latentguard.activations import _atomic_write_text
 from latentguard.attacks.prompts import JailbreakPrompt, check_instructions
 from latentguard.attacks.tokens import allowed_tokens, decode, encode, input_embeddings
 from latentguard.data import builtin_rows
-from latentguard.models import LoadedModel, cache_dir
+from latentguard.io import atomic_write_text, cache_dir
+from latentguard.models import LoadedModel
 from latentguard.positions import render, template_frame
 from latentguard.prefix import cache_kwarg, returned_cache
 
@@ -505,7 +505,7 @@ def gcg_prompts(
                 "loss": result.loss,
                 "success": result.success_by_target,
             }
-            _atomic_write_text(path, json.dumps(record))
+            atomic_write_text(path, json.dumps(record))
     return out
 
 

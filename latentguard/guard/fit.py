@@ -54,14 +54,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors_bytes
 
-from latentguard.activations import (
-    ArtifactError,
-    ExtractConfig,
-    _atomic_save_tensors,
-    _atomic_write_text,
-    extract,
-)
+from latentguard.activations import ExtractConfig, extract
 from latentguard.guard.evaluate import auroc, separation, threshold_at_fpr, tpr_at_fpr
+from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text
 from latentguard.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -382,7 +377,7 @@ class LatentGuard:
         base = _base_path(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         tensor_path = base.with_suffix(".safetensors")
-        _atomic_save_tensors(self._tensors(), tensor_path, metadata={"kind": KIND, "method": self.method})
+        atomic_save_tensors(self._tensors(), tensor_path, metadata={"kind": KIND, "method": self.method})
         digest = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
         meta = {
             "kind": KIND,
@@ -404,7 +399,7 @@ class LatentGuard:
             "layer_convention": "index 0 = embedding output; index i = output of decoder block i "
             "(last index after the final norm), as output_hidden_states",
         }
-        _atomic_write_text(base.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
+        atomic_write_text(base.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
         return base.with_suffix(".json")
 
     @classmethod

@@ -120,7 +120,7 @@ def _run_chunks(
     n = len(payloads)
     threads = engine.threads_per_worker
     with ray_cluster(engine) as cluster:
-        from latentguard.models import cache_dir
+        from latentguard.io import cache_dir
 
         if cluster["local"] and model is not None:
             from latentguard.models import resolve_spec

@@ -164,12 +164,12 @@ class ExtractWorker(ChunkWorker):
         from safetensors.torch import save as save_bytes
 
         from latentguard.activations import (
-            _atomic_save_tensors,
             cache_key_for_hash,
             chunk_path,
             compute_chunk,
             load_chunk,
         )
+        from latentguard.io import atomic_save_tensors
         from latentguard.positions import locate_for
 
         lm = self._model()
@@ -185,7 +185,7 @@ class ExtractWorker(ChunkWorker):
             prompts = locate_for(lm, instructions, question=cfg.question, system=cfg.system)
             acts = compute_chunk(lm, prompts, cfg, layers)
             if cfg.use_cache:
-                _atomic_save_tensors({"activations": acts}, path, metadata={"key": key, "chunk": str(chunk)})
+                atomic_save_tensors({"activations": acts}, path, metadata={"key": key, "chunk": str(chunk)})
         meta = {
             "fingerprint": lm.fingerprint,
             "template_hash": lm.template_hash,

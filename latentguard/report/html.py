@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from latentguard.io import atomic_write_text
 from latentguard.report.claims import VERDICTS, Claim, evaluate_claims
 from latentguard.report.figures import GROUPS, Figure, make_figures
 
@@ -310,17 +311,6 @@ def render_html(
     return "\n".join(parts) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename (permissions follow the umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     summary: Mapping[str, Any],
     out_dir: Path,
@@ -345,7 +335,7 @@ def write_report(
     if claims is None:
         claims = evaluate_claims(summary)
     path = out_dir / "report.html"
-    _atomic_write(path, render_html(summary, figures, claims))
+    atomic_write_text(path, render_html(summary, figures, claims))
     logger.info("wrote %s (%d figures, %d claims)", path, len(figures), len(claims))
     return path
 
