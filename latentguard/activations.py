@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from latentguard.batching import length_batches, pad_batch
 from latentguard.hooks import residual_hook
 from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text, cache_dir
 from latentguard.models import LoadedModel, decoder_of
@@ -172,33 +173,6 @@ def prompt_hash(instructions: Sequence[str]) -> str:
         h.update(s.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A padded batch of templated prompts."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    offsets: torch.Tensor  # [b] index of each row's first real token
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> Batch:
-    """Pad token-id lists into a batch; position ids count real tokens only."""
-    if padding_side not in ("left", "right"):
-        raise ValueError("padding_side must be 'left' or 'right'")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    offsets = torch.zeros(len(seqs), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        start = width - len(s) if padding_side == "left" else 0
-        ids[i, start : start + len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, start : start + len(s)] = 1
-        offsets[i] = start
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids, offsets=offsets)
 
 
 @dataclass(frozen=True)
@@ -383,11 +357,9 @@ def compute_chunk(
     Raises:
         FloatingPointError: If a hidden state is not finite.
     """
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out = torch.empty((len(prompts), len(layers), len(cfg.positions), lm.d_model), dtype=torch.float32)
     prefix = build_prefix_cache(lm, cfg.system) if cfg.reuse_prefix and prompts else None
-    for s in range(0, len(order), cfg.batch_size):
-        sub = order[s : s + cfg.batch_size]
+    for sub in length_batches([len(p) for p in prompts], cfg.batch_size):
         h = hidden_at(lm, [prompts[i] for i in sub], cfg.positions, layers, cfg.padding_side, prefix)
         if not torch.isfinite(h).all():
             raise FloatingPointError("non-finite hidden states; try dtype=float32")

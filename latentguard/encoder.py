@@ -225,13 +225,13 @@ class ChunkEncoder:
                 half = self.max_chunks // 2
                 pieces = pieces[:half] + pieces[-(self.max_chunks - half) :]
             chunks.extend((i, p) for p in pieces)
-        order = sorted(range(len(chunks)), key=lambda j: len(chunks[j][1]))
+        from latentguard.batching import length_batches
+
         nl = len(self.layers)
         pooled = np.zeros((len(chunks), nl, self.dim), np.float32)
         tok = self.tokenizer
         with torch.inference_mode():
-            for b in range(0, len(order), self.batch_size):
-                js = order[b : b + self.batch_size]
+            for js in length_batches([len(c[1]) for c in chunks], self.batch_size, longest_first=False):
                 seqs = [[tok.cls_token_id, *chunks[j][1], tok.sep_token_id] for j in js]
                 width = max(len(s) for s in seqs)
                 input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)

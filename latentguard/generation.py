@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import Batch, forward_inputs, pad_batch
+from latentguard.activations import forward_inputs
+from latentguard.batching import Batch, length_batches, pad_batch
 from latentguard.models import LoadedModel
 from latentguard.positions import Positions, locate_for
 from latentguard.prefix import PrefixCache
@@ -107,11 +108,9 @@ def generate_from_positions(
 
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     stops = stop_token_ids(lm)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[str] = [""] * len(prompts)
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
+        for idx in length_batches([len(p) for p in prompts], batch_size):
             batch = pad_batch([prompts[i].input_ids for i in idx], pad_id, "left")
             new = greedy_batch(lm, batch, max_new_tokens, stops)
             for row, i in enumerate(idx):
@@ -141,9 +140,7 @@ def first_token_logits(
     again; it is ignored while steering hooks are active.
     """
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in length_batches([len(p) for p in prompts], batch_size):
         sub = [prompts[i] for i in idx]
         inputs = forward_inputs(lm, sub, [[len(p) - 1] for p in sub], "left", prefix)
         with torch.inference_mode():

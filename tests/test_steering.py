@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 import torch
 
-from latentguard.activations import ExtractConfig, extract, pad_batch
+from latentguard.activations import ExtractConfig, extract
+from latentguard.batching import pad_batch
 from latentguard.generation import generate_from_positions
 from latentguard.models import LoadedModel
 from latentguard.positions import locate, locate_many

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from latentguard.activations import pad_batch
+from latentguard.batching import length_batches, pad_batch
 from latentguard.directions import Directions
 from latentguard.generation import answer_token_ids, generate_from_positions
 from latentguard.models import LoadedModel
@@ -116,10 +116,8 @@ def _log_odds(
     yes_ids = torch.tensor(ids["Certainly"])
     no_ids = torch.tensor(ids["No"])
     out = torch.zeros(len(prompts), dtype=torch.float64)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     dev = lm.device
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in length_batches([len(p) for p in prompts], batch_size):
         batch = pad_batch([prompts[i].input_ids for i in idx], pad, "left")
         mask = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
         for row, i in enumerate(idx):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from latentguard.activations import pad_batch
+from latentguard.batching import pad_batch
 from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import GuardResult, guard_layers_available, results_from_states, templated

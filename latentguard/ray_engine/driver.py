@@ -291,11 +291,11 @@ def _local_batches(
     model: ModelRef, instructions: Sequence[str], per_chunk: int, question: str | None, system: str | None
 ) -> list[list[int]]:
     """Indices of the local engine's batches: templated, sorted longest first, ``per_chunk`` at a time."""
+    from latentguard.batching import length_batches
     from latentguard.positions import locate_many
 
     prompts = locate_many(model.load_tokenizer(), list(instructions), question=question, system=system)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    return [order[s : s + per_chunk] for s in range(0, len(order), per_chunk)]
+    return length_batches([len(p) for p in prompts], per_chunk)
 
 
 def generate(
