@@ -573,9 +573,9 @@ def test_batcher_stop_fails_queued_prompts() -> None:
         backend.release.set()
         assert not batcher.running
         for fut in (in_flight, queued):
-            with pytest.raises(serve._Unavailable):
+            with pytest.raises(serve.ServiceUnavailable):
                 await fut
-        with pytest.raises(serve._Unavailable):
+        with pytest.raises(serve.ServiceUnavailable):
             await batcher.classify(["late"])
         executor.shutdown(wait=True)
         assert backend.batch_sizes == [1]
@@ -701,15 +701,38 @@ METRIC_LINE = re.compile(
 )
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def canonical(series: str) -> str:
+    """``name{labels}`` with the labels sorted by name (the text format does not order labels)."""
+    name, brace, labels = series.partition("{")
+    if not brace:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(LABEL.findall(labels))) + "}"
+
+
+class Samples(dict[str, float]):
+    """Sample values keyed by series; looking up ``name{b="1",a="2"}`` finds ``name{a="2",b="1"}``."""
+
+    def __getitem__(self, series: str) -> float:
+        return super().__getitem__(canonical(series))
+
+    def __contains__(self, series: object) -> bool:
+        return isinstance(series, str) and super().__contains__(canonical(series))
+
+
+def parse_metrics(text: str) -> Samples:
+    samples = Samples()
     for line in text.splitlines():
         if not line or line.startswith("#"):
             assert not line or line.startswith(("# HELP ", "# TYPE ")), line
             continue
         m = METRIC_LINE.match(line)
         assert m, f"unparseable metrics line: {line!r}"
-        samples[line.rsplit(" ", 1)[0]] = float(m.group("value"))
+        series = canonical(line.rsplit(" ", 1)[0])
+        assert series not in samples, f"duplicate series: {line!r}"
+        samples[series] = float(m.group("value"))
     return samples
 
 
@@ -755,6 +778,84 @@ def test_metrics_registries_are_per_app() -> None:
         )
 
 
+#: Every metric family ``/metrics`` exposes: its type and the label names of its samples.
+EXPECTED_METRICS: dict[str, tuple[str, set[tuple[str, ...]]]] = {
+    "latentguard_http_requests": ("counter", {("code", "endpoint")}),
+    "latentguard_http_request_duration_seconds": ("summary", {("endpoint",), ("endpoint", "quantile")}),
+    "latentguard_prompts_classified": ("counter", {("op",)}),
+    "latentguard_prompts_harmful": ("counter", {("op",)}),
+    "latentguard_generations_blocked": ("counter", {("policy",)}),
+    "latentguard_backend_errors": ("counter", {("op",)}),
+    "latentguard_request_errors": ("counter", {("kind",)}),
+    "latentguard_classify_batch_size": ("histogram", {(), ("le",)}),
+    "latentguard_backend_call_duration_seconds": ("summary", {("op",), ("op", "quantile")}),
+}
+
+
+def test_metrics_are_rendered_by_prometheus_client() -> None:
+    import prometheus_client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with client_for() as client:
+        client.post("/v1/classify", json={"prompts": ["bomb", "FAULT"]})
+        client.post("/v1/generate", json={"prompts": ["bomb"], "policy": "flag"})
+        client.get("/nothing-here")
+        text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) == set(EXPECTED_METRICS)
+    for name, (kind, label_sets) in EXPECTED_METRICS.items():
+        family = families[name]
+        assert family.type == kind, name
+        assert {tuple(sorted(s.labels)) for s in family.samples} == label_sets, name
+        suffixes = {"counter": {"_total"}, "histogram": {"_bucket", "_count", "_sum"}}
+        expected = {name + s for s in suffixes.get(kind, {"", "_count", "_sum"})}
+        assert {s.name for s in family.samples} == expected, name  # no *_created series
+    blocked = families["latentguard_generations_blocked"].samples
+    assert [(s.labels, s.value) for s in blocked] == [({"policy": "flag"}, 0.0)]
+    requests = {
+        (s.labels["endpoint"], s.labels["code"]): s.value
+        for s in families["latentguard_http_requests"].samples
+    }
+    assert requests == {("/v1/classify", "200"): 1, ("/v1/generate", "200"): 1, ("other", "404"): 1}
+    quantiles = {
+        s.labels.get("quantile") for s in families["latentguard_http_request_duration_seconds"].samples
+    }
+    assert quantiles == {None, "0.5", "0.9", "0.99"}
+    # Each app has its own registry; the library's global default registry is left alone.
+    registry = serve.ServeMetrics(8).registry
+    assert isinstance(registry, prometheus_client.CollectorRegistry)
+    assert registry is not prometheus_client.REGISTRY
+    default_names = {f.name for f in prometheus_client.REGISTRY.collect()}
+    assert not any(name.startswith("latentguard_") for name in default_names)
+
+
+def test_result_schemas_mirror_the_result_types() -> None:
+    from latentguard.guard.serve.schemas import ClassifyItem, GenerateItem
+    from latentguard.guard.types import GuardedReply, Verdict
+
+    assert ClassifyResult is Verdict and GenerateResult is GuardedReply
+    assert list(ClassifyItem.model_fields) == [f.name for f in fields(Verdict)]
+    assert list(GenerateItem.model_fields) == [
+        "harmful",
+        "score",
+        "blocked",
+        "flagged",
+        "response",
+        "repaired_response",
+        "error",
+    ]
+    assert set(GenerateItem.model_fields) == {f.name for f in fields(GuardedReply)} - {"refused"}
+    verdict = Verdict(harmful=True, score=0.75, layer_scores={3: 0.5})
+    assert ClassifyItem.from_result(verdict).model_dump_json() == (
+        '{"harmful":true,"score":0.75,"layer_scores":{"3":0.5},"error":null}'
+    )
+    reply = GuardedReply(harmful=False, score=0.25, blocked=False, flagged=False, response="hi", refused=True)
+    assert GenerateItem.from_result(reply).model_dump_json() == (
+        '{"harmful":false,"score":0.25,"blocked":false,"flagged":false,"response":"hi",'
+        '"repaired_response":null,"error":null}'
+    )
+
+
 def test_openapi_schema() -> None:
     with client_for() as client:
         schema = client.get("/openapi.json").json()
@@ -773,7 +874,7 @@ def test_run_uses_config_and_warns_on_open_public_bind(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(serve.uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     serve.run(FakeBackend(), ServeConfig(port=9123))
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 9123
     assert isinstance(calls[0]["app"], FastAPI)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -34,18 +33,16 @@ from torch.utils.hooks import RemovableHandle
 from latentguard.batching import pad_batch
 from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
 from latentguard.guard.fit import LatentGuard
-from latentguard.guard.score import GuardResult, guard_layers_available, results_from_states, templated
+from latentguard.guard.score import check, guard_layers_available, results_from_states, templated
+from latentguard.guard.types import GuardedReply, Policy, Verdict
 from latentguard.models import LoadedModel, find_final_norm
 from latentguard.prefix import build_prefix_cache
 from latentguard.steering import steer
 
 if TYPE_CHECKING:
     from latentguard.directions import Directions
-    from latentguard.guard.serve import ClassifyResult, GenerateResult
 
 logger = logging.getLogger(__name__)
-
-POLICIES = ("block", "flag", "allow")
 
 
 class RefusalJudge(Protocol):
@@ -54,29 +51,6 @@ class RefusalJudge(Protocol):
     def judge(self, responses: Sequence[str], instructions: Sequence[str]) -> Sequence[Any]:
         """One verdict per response."""
         ...
-
-
-@dataclass(frozen=True)
-class GuardedReply:
-    """The outcome of guarded generation for one prompt.
-
-    Attributes:
-        harmful: The guard's verdict (``score > threshold``).
-        score: The guard score.
-        blocked: The response was withheld (``block`` policy, harmful prompt).
-        flagged: The response is returned but marked harmful (``flag`` policy).
-        response: The model's answer, or ``None`` when blocked.
-        refused: The judge's verdict on ``response`` (``None`` without a judge, or when blocked).
-        repaired_response: The answer regenerated with the refusal direction ablated (repair only).
-    """
-
-    harmful: bool
-    score: float
-    blocked: bool
-    flagged: bool
-    response: str | None
-    refused: bool | None
-    repaired_response: str | None
 
 
 class _PrefillCapture:
@@ -166,9 +140,7 @@ class _BlockAfterPrefill:
         return self._done.to(input_ids.device)
 
 
-def _check_args(policy: str, max_new_tokens: int, batch_size: int) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+def _check_args(max_new_tokens: int, batch_size: int) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -200,7 +172,7 @@ def guarded_generate(
     guard: LatentGuard,
     prompts: Sequence[str],
     *,
-    policy: str = "block",
+    policy: Policy | str = Policy.BLOCK,
     max_new_tokens: int = 64,
     judge: RefusalJudge | None = None,
     repair: bool = False,
@@ -214,7 +186,8 @@ def guarded_generate(
         lm: The model.
         guard: A fitted guard for ``lm``.
         prompts: User instructions (templated with ``lm``'s chat template).
-        policy: ``"block"``, ``"flag"`` or ``"allow"``.
+        policy: A :class:`~latentguard.guard.types.Policy`, or its name: ``"block"``, ``"flag"``
+            or ``"allow"``.
         max_new_tokens: Generation budget per prompt.
         judge: Optional refusal judge; its verdicts fill :attr:`GuardedReply.refused`.
         repair: Regenerate refusals of prompts the guard calls harmless, with the refusal direction
@@ -229,7 +202,8 @@ def guarded_generate(
     Raises:
         ValueError: On an empty prompt, an unknown policy, or a repair without judge or direction.
     """
-    _check_args(policy, max_new_tokens, batch_size)
+    policy = Policy.parse(policy)
+    _check_args(max_new_tokens, batch_size)
     repair_vecs = _repair_vectors(lm, refusal_direction, repair_layers) if repair else None
     if repair and judge is None:
         raise ValueError("repair=True needs a refusal judge (judge=...)")
@@ -242,7 +216,7 @@ def guarded_generate(
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     stops = stop_token_ids(lm)
     n = len(positions)
-    verdicts: list[GuardResult | None] = [None] * n
+    verdicts: list[Verdict | None] = [None] * n
     texts: list[str] = [""] * n
     order = sorted(range(n), key=lambda i: len(positions[i]), reverse=True)
     for s in range(0, n, batch_size):
@@ -252,7 +226,9 @@ def guarded_generate(
             torch.tensor([positions[i].index(guard.position) for i in idx], dtype=torch.long) + batch.offsets
         )
         capture = _PrefillCapture(lm, guard.layers, gather, batch.input_ids.shape[1])
-        criteria = StoppingCriteriaList([_BlockAfterPrefill(capture, guard)] if policy == "block" else [])
+        criteria = StoppingCriteriaList(
+            [_BlockAfterPrefill(capture, guard)] if policy is Policy.BLOCK else []
+        )
         try:
             capture.register()
             new = greedy_batch(lm, batch, max_new_tokens, stops, stopping_criteria=criteria)
@@ -265,7 +241,7 @@ def guarded_generate(
     final = [v for v in verdicts if v is not None]
     assert len(final) == n
 
-    blocked = [policy == "block" and v.harmful for v in final]
+    blocked = [policy is Policy.BLOCK and v.harmful for v in final]
     refused: list[bool | None] = [None] * n
     if judge is not None:
         judged = [i for i in range(n) if not blocked[i]]
@@ -289,7 +265,7 @@ def guarded_generate(
             harmful=v.harmful,
             score=v.score,
             blocked=blocked[i],
-            flagged=policy == "flag" and v.harmful,
+            flagged=policy is Policy.FLAG and v.harmful,
             response=None if blocked[i] else texts[i],
             refused=refused[i],
             repaired_response=repaired[i],
@@ -349,21 +325,13 @@ class LatentGuardBackend:
         # the template prefix's keys/values, computed once for every classify request
         self.prefix = build_prefix_cache(lm)
 
-    def classify(self, prompts: list[str]) -> list[ClassifyResult]:
+    def classify(self, prompts: list[str]) -> list[Verdict]:
         """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
-        from latentguard.guard.score import check
-        from latentguard.guard.serve import ClassifyResult
+        return check(self.lm, self.guard, prompts, batch_size=self.batch_size, prefix=self.prefix)
 
-        return [
-            ClassifyResult(harmful=r.harmful, score=r.score, layer_scores=dict(r.layer_scores))
-            for r in check(self.lm, self.guard, prompts, batch_size=self.batch_size, prefix=self.prefix)
-        ]
-
-    def generate(self, prompts: list[str], max_new_tokens: int, policy: str) -> list[GenerateResult]:
+    def generate(self, prompts: list[str], max_new_tokens: int, policy: Policy | str) -> list[GuardedReply]:
         """Guarded generation with :func:`guarded_generate`."""
-        from latentguard.guard.serve import GenerateResult
-
-        replies = guarded_generate(
+        return guarded_generate(
             self.lm,
             self.guard,
             prompts,
@@ -375,17 +343,6 @@ class LatentGuardBackend:
             repair_layers=self.repair_layers,
             batch_size=self.generate_batch_size,
         )
-        return [
-            GenerateResult(
-                harmful=r.harmful,
-                score=r.score,
-                blocked=r.blocked,
-                response=r.response,
-                flagged=r.flagged,
-                repaired_response=r.repaired_response,
-            )
-            for r in replies
-        ]
 
     @property
     def info(self) -> dict[str, Any]:

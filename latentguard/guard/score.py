@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from latentguard.activations import hidden_at
 from latentguard.guard.fit import LatentGuard
+from latentguard.guard.types import GuardResult as GuardResult  # older name of Verdict
+from latentguard.guard.types import Verdict
 from latentguard.models import LoadedModel
 from latentguard.positions import Positions, locate_for
 from latentguard.prefix import PrefixCache, build_prefix_cache
@@ -58,21 +59,6 @@ HOMOGLYPHS: dict[str, str] = {
 ZERO_WIDTH_SPACE = "\u200b"
 
 
-@dataclass(frozen=True)
-class GuardResult:
-    """The guard's verdict on one prompt.
-
-    Attributes:
-        harmful: ``score > guard.threshold``.
-        score: The guard score (higher = more harmful).
-        layer_scores: Per-layer scores, keyed by hidden-state index.
-    """
-
-    harmful: bool
-    score: float
-    layer_scores: dict[int, float]
-
-
 def validate_prompts(prompts: Sequence[str]) -> None:
     """Raise ``ValueError`` naming the first prompt that is not a non-empty, non-whitespace string."""
     if isinstance(prompts, str):
@@ -107,12 +93,12 @@ def guard_layers_available(lm: LoadedModel, guard: LatentGuard) -> None:
         )
 
 
-def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[GuardResult]:
-    """Turn ``[n, len(guard.layers), d]`` hidden states into :class:`GuardResult` objects."""
+def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[Verdict]:
+    """Turn ``[n, len(guard.layers), d]`` hidden states into one :class:`Verdict` per row."""
     score, per = guard.score_activations(states, guard.layers)
     harmful = score > guard.threshold
     return [
-        GuardResult(
+        Verdict(
             harmful=bool(harmful[i]),
             score=float(score[i]),
             layer_scores={layer: float(v[i]) for layer, v in per.items()},
@@ -133,7 +119,7 @@ def check(
     prompts: Sequence[str],
     batch_size: int = 16,
     prefix: PrefixCache | bool | None = True,
-) -> list[GuardResult]:
+) -> list[Verdict]:
     """Classify prompts with the guard.
 
     The forward stops after the deepest layer the guard reads and at each prompt's ``t_inst``
@@ -148,7 +134,7 @@ def check(
             to build one for this call, ``False`` or ``None`` to run every prompt in full.
 
     Returns:
-        One :class:`GuardResult` per prompt, in input order.
+        One :class:`~latentguard.guard.types.Verdict` per prompt, in input order.
 
     Raises:
         ValueError: If a prompt is empty or whitespace, or the guard does not fit ``lm``.
