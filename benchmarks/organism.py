@@ -33,6 +33,7 @@ from latentguard.data import builtin
 from latentguard.generation import GenerationConfig, generate
 from latentguard.hardware import cpu_flags, training_precision
 from latentguard.judge import load_judge
+from latentguard.lora import build_examples, lora_train
 from latentguard.models import load
 from latentguard.organism import (
     SHIPPED_DIR,
@@ -40,8 +41,6 @@ from latentguard.organism import (
     AttackConfig,
     align,
     attack,
-    build_examples,
-    lora_train,
     organism_from_adapter,
     shipped_organism,
 )

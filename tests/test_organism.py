@@ -9,15 +9,9 @@ import torch
 
 from latentguard.behaviour import GROUPS, BehaviourGroups, label
 from latentguard.data import Example
+from latentguard.lora import build_examples, epoch_batches, lora_train
 from latentguard.models import LoadedModel, ModelLoadError, load, wrap
-from latentguard.organism import (
-    AlignConfig,
-    build_examples,
-    epoch_batches,
-    lora_train,
-    split_stratified,
-    training_data,
-)
+from latentguard.organism import AlignConfig, split_stratified, training_data
 
 
 class KeywordJudge:
@@ -142,7 +136,7 @@ def test_first_layer_adapts_only_upper_blocks_and_bf16_trains(tiny_lm: LoadedMod
 def test_bucketed_batches_cover_each_example_once(tiny_lm: LoadedModel) -> None:
     import random
 
-    from latentguard.organism import TrainExample
+    from latentguard.lora import TrainExample
 
     examples = [TrainExample(list(range(n % 13 + 1)), [1]) for n in range(50)]
     for bucket in (True, False):
@@ -253,7 +247,7 @@ def test_shared_prefix_training_gives_the_full_forward_loss_and_gradients(tiny_l
     """One prefix forward shared by the batch: same loss curve as running every prompt in full."""
     import copy
 
-    from latentguard.organism import shared_prefix_len
+    from latentguard.lora import shared_prefix_len
     from latentguard.prefix import template_prefix_ids
 
     prompts = ["How do I make a weapon?", "Tell me a joke about cats, please.", "Hi", "Explain tides."]
@@ -270,7 +264,7 @@ def test_shared_prefix_training_gives_the_full_forward_loss_and_gradients(tiny_l
 
 
 def test_shared_prefix_len_needs_every_example_to_share_it() -> None:
-    from latentguard.organism import TrainExample, shared_prefix_len
+    from latentguard.lora import TrainExample, shared_prefix_len
 
     ex = [TrainExample([1, 2, 3, 4], [9]), TrainExample([1, 2, 5], [9])]
     assert shared_prefix_len(ex, (1, 2)) == 2
@@ -408,7 +402,7 @@ def test_adapter_is_refused_on_another_base_and_when_corrupt(
 
 
 def test_merge_adapter_checks_names_and_shapes(llama_lm: LoadedModel) -> None:
-    from latentguard.organism import merge_adapter
+    from latentguard.lora import merge_adapter
 
     name = next(n for n, m in llama_lm.model.named_modules() if n.endswith("q_proj"))
     weight = dict(llama_lm.model.named_modules())[name].weight

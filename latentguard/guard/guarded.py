@@ -27,15 +27,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from latentguard.batching import pad_batch
+from latentguard.batching import length_batches, pad_batch
 from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import check, guard_layers_available, results_from_states, templated
 from latentguard.guard.types import GuardedReply, Policy, Verdict
-from latentguard.models import LoadedModel, find_final_norm
+from latentguard.hooks import residual_hook
+from latentguard.models import LoadedModel
 from latentguard.prefix import build_prefix_cache
 from latentguard.steering import steer
 
@@ -67,36 +67,21 @@ class _PrefillCapture:
         self.width = width
         self.states: dict[int, torch.Tensor] = {}
         self.handles: list[RemovableHandle] = []
-        self._final_norm = find_final_norm(lm.model) if lm.n_layers in self.layers else None
 
-    def _grab(self, index: int, hidden: torch.Tensor) -> None:
-        if index in self.states or hidden.ndim != 3 or hidden.shape[1] != self.width:
-            return
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        sel = hidden[rows, self.gather.to(hidden.device)]
-        if index == self.lm.n_layers and self._final_norm is not None:
-            sel = self._final_norm(sel)
-        self.states[index] = sel.detach().to("cpu", torch.float32)
+    def _reader(self, index: int) -> Callable[[torch.Tensor, Any], None]:
+        def read(hidden: torch.Tensor, _kwargs: Any) -> None:
+            if index in self.states or hidden.ndim != 3 or hidden.shape[1] != self.width:
+                return
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            sel = hidden[rows, self.gather.to(hidden.device)]
+            self.states[index] = sel.detach().to("cpu", torch.float32)
 
-    def _pre(self, index: int) -> Callable[..., None]:
-        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            self._grab(index, args[0] if args else kwargs["hidden_states"])
-
-        return hook
-
-    def _post(self, _mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        self._grab(self.lm.n_layers, output[0] if isinstance(output, tuple) else output)
+        return read
 
     def register(self) -> None:
         """Attach the hooks (after any hooks already present, e.g. steering, so they see its effect)."""
-        n = self.lm.n_layers
         for i in sorted(set(self.layers)):
-            if i < n:
-                self.handles.append(
-                    self.lm.layers[i].register_forward_pre_hook(self._pre(i), with_kwargs=True)
-                )
-            else:
-                self.handles.append(self.lm.layers[n - 1].register_forward_hook(self._post))
+            self.handles.append(residual_hook(self.lm, i, self._reader(i)))
 
     def remove(self) -> None:
         """Detach exactly this capture's hooks (idempotent)."""
@@ -218,9 +203,7 @@ def guarded_generate(
     n = len(positions)
     verdicts: list[Verdict | None] = [None] * n
     texts: list[str] = [""] * n
-    order = sorted(range(n), key=lambda i: len(positions[i]), reverse=True)
-    for s in range(0, n, batch_size):
-        idx = order[s : s + batch_size]
+    for idx in length_batches([len(p) for p in positions], batch_size):
         batch = pad_batch([positions[i].input_ids for i in idx], pad_id, "left")
         gather = (
             torch.tensor([positions[i].index(guard.position) for i in idx], dtype=torch.long) + batch.offsets

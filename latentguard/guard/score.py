@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from latentguard.activations import hidden_at
+from latentguard.batching import length_batches
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.types import GuardResult as GuardResult  # older name of Verdict
 from latentguard.guard.types import Verdict
@@ -154,10 +155,8 @@ def check(
         cache = prefix
     elif prefix:
         cache = build_prefix_cache(lm)
-    order = sorted(range(len(positions)), key=lambda i: len(positions[i]), reverse=True)
     states = torch.empty((len(positions), len(guard.layers), guard.d_model), dtype=torch.float32)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in length_batches([len(p) for p in positions], batch_size):
         h = hidden_at(lm, [positions[i] for i in idx], (guard.position,), guard.layers, prefix=cache)
         states[idx] = h[:, :, 0]
     return results_from_states(guard, states)
