@@ -67,10 +67,14 @@ def test_bad_data_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFi
 def test_run_sizes_and_threads_are_entry_point_options() -> None:
     from latentguard.analysis.study import SIZES, STAGE_DESCRIPTIONS, StudyConfig
     from latentguard.cli import build_parser
+    from latentguard.cli.common import config_from_args
 
-    args = build_parser().parse_args(["--torch-threads", "2", "run", "--size", "demo"])
-    assert (args.torch_threads, args.size, args.quick) == (2, "demo", False)
+    args = build_parser().parse_args(["--torch-threads", "2", "run", "--size", "demo", "--no-attack"])
+    cfg = config_from_args(StudyConfig, args)
+    assert (args.torch_threads, cfg.size, cfg.attack, args.quick) == (2, "demo", False, False)
     assert build_parser().parse_args(["run", "--quick"]).quick
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--size", "huge"])
     picks = [StudyConfig(size=s).pick(1, 2, 3) for s in SIZES]
     assert picks == [1, 2, 3] and StudyConfig(size="demo").pick(1, 2, 3, override=9) == 9
     assert StudyConfig(size="quick").quick and not StudyConfig(size="demo").quick

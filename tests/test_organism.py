@@ -237,10 +237,15 @@ def test_align_config_validates_and_cli_overrides_only_given_options() -> None:
         AlignConfig(frozen_fraction=1.0)
     with pytest.raises(ValueError, match="positive"):
         AlignConfig(lr=0.0)
+    from latentguard.cli.common import config_from_args
+
     args = build_parser().parse_args(["align", "--out", "x", "--no-bf16", "--frozen-fraction", "0"])
-    assert (args.bf16, args.frozen_fraction, args.epochs) == (False, 0.0, None)
+    cfg = config_from_args(AlignConfig, args)
+    assert (cfg.bf16, cfg.frozen_fraction, cfg.epochs) == (False, 0.0, AlignConfig().epochs)
+    args = build_parser().parse_args(["align", "--out", "x", "--builtin-only"])
+    assert config_from_args(AlignConfig, args, extra_shared=False) == AlignConfig(extra_shared=False)
     args = build_parser().parse_args(["align", "--out", "x"])
-    assert args.bf16 is None and args.lr is None  # AlignConfig's defaults apply
+    assert config_from_args(AlignConfig, args) == AlignConfig()  # AlignConfig's defaults apply
 
 
 def test_shared_prefix_training_gives_the_full_forward_loss_and_gradients(tiny_lm: LoadedModel) -> None:
@@ -379,14 +384,15 @@ def test_adapter_is_refused_on_another_base_and_when_corrupt(
 ) -> None:
     import copy
 
-    from conftest import tiny_model
-
     from latentguard.organism import ADAPTER_FILE, organism_from_adapter
 
     base = copy.deepcopy(llama_lm)
     _tiny_align(llama_lm, tmp_path / "org")
-    torch.manual_seed(123)
-    other = wrap(tiny_model("llama", len(base_tokenizer)), copy.deepcopy(base_tokenizer), spec="other")
+    changed = copy.deepcopy(base.model)
+    with torch.no_grad():
+        for param in changed.parameters():
+            param.add_(0.01)
+    other = wrap(changed, copy.deepcopy(base_tokenizer), spec="other")
     assert other.fingerprint != base.fingerprint
     with pytest.raises(ModelLoadError, match="trained on base model"):
         organism_from_adapter(tmp_path / "org", tmp_path / "x", base=other)

@@ -1,0 +1,369 @@
+"""Latent Guard: ``guard fit|check|chat|eval`` and ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from latentguard.cli.common import (
+    add_engine_args,
+    add_model_args,
+    engine_config,
+    instructions,
+    load_model,
+    model_ref,
+    print_json,
+    write_jsonl,
+)
+
+logger = logging.getLogger("latentguard")
+
+
+def cmd_guard_fit(args: argparse.Namespace) -> int:
+    from latentguard.guard.fit import GuardConfig, fit_guard
+
+    harmful = instructions(args.harmful, args.limit)
+    harmless = instructions(args.harmless, args.limit)
+    lookalikes = instructions(args.lookalikes, args.limit) if args.lookalikes else []
+    lm = load_model(args)
+    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+    cfg = GuardConfig(
+        method=args.method,
+        layers=layers,
+        position=args.position,
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        progress=not args.quiet,
+        wrap_templates=args.wrap_templates,
+        suffix_prompts=args.suffix_prompts,
+        probe_window=args.probe_window,
+        lookalike_weight=args.lookalike_weight,
+    )
+    guard = fit_guard(lm, harmful, harmless, cfg, lookalikes=lookalikes)
+    path = guard.save(args.out)
+    print_json({"out": str(path), **guard.summary()})
+    return 0
+
+
+def load_guard(args: argparse.Namespace) -> tuple[Any, Any]:
+    from latentguard.guard.fit import LatentGuard
+
+    guard_model(args)
+    lm = load_model(args)
+    return lm, LatentGuard.load(args.guard, lm)
+
+
+def guard_model(args: argparse.Namespace) -> None:
+    """Fill in ``args.model`` from the guard's JSON when ``--model`` was not given.
+
+    Raises:
+        ArtifactError: The guard's JSON cannot be read or names no model (never a silent fallback
+            to some other model).
+    """
+    from latentguard.io import ArtifactError
+
+    if args.model is not None:
+        return
+    meta_path = Path(args.guard)
+    meta_file = meta_path if meta_path.suffix == ".json" else meta_path.with_suffix(".json")
+    if meta_path.is_dir():
+        meta_file = meta_path / "guard.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read the guard {args.guard} ({meta_file}): {exc}") from exc
+    model = meta.get("model") if isinstance(meta, dict) else None
+    if not model:
+        raise ArtifactError(f"the guard {meta_file} names no model; pass --model")
+    args.model = str(model)
+
+
+def cmd_guard_check(args: argparse.Namespace) -> int:
+    from latentguard.guard.score import GuardResult, check
+
+    engine = engine_config(args)
+
+    def run(prompts: list[str], batch_size: int = 16) -> list[GuardResult]:
+        if engine is None:
+            lm, guard = load_guard(args)
+            return check(lm, guard, prompts, batch_size=batch_size)
+        from latentguard import ray_engine
+
+        guard_model(args)
+        return ray_engine.check(model_ref(args), args.guard, prompts, engine, batch_size=batch_size)
+
+    if args.prompt is not None:
+        res = run([args.prompt])[0]
+        print_json({"harmful": res.harmful, "score": res.score, "layer_scores": res.layer_scores})
+        return 0
+    if not (args.data and args.out):
+        raise ValueError("give --prompt TEXT, or --data FILE and --out FILE")
+    from latentguard.data import load_any
+
+    examples = load_any(args.data)
+    results = run([e.instruction for e in examples], batch_size=args.batch_size)
+    rows = [
+        {
+            **e.meta,
+            "instruction": e.instruction,
+            "harmful": r.harmful,
+            "score": r.score,
+            "layer_scores": r.layer_scores,
+        }
+        for e, r in zip(examples, results, strict=True)
+    ]
+    write_jsonl(args.out, rows)
+    print_json({"out": args.out, "n": len(rows), "flagged": sum(r["harmful"] for r in rows)})
+    return 0
+
+
+def repair_direction(lm: Any, args: argparse.Namespace) -> Any:
+    if not getattr(args, "refusal_direction", None):
+        return None
+    from latentguard.directions import Directions
+
+    return Directions.load(args.refusal_direction, expect_fingerprint=lm.fingerprint)
+
+
+def cmd_guard_chat(args: argparse.Namespace) -> int:
+    from latentguard.guard.guarded import guarded_generate
+    from latentguard.judge import load_judge
+
+    lm, guard = load_guard(args)
+    direction = repair_direction(lm, args)
+    judge = load_judge() if direction is not None else None
+    prompts = [args.prompt] if args.prompt else None
+    while True:
+        if prompts is None:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return 0
+            if not line.strip():
+                continue
+            batch = [line]
+        else:
+            batch = prompts
+        reply = guarded_generate(
+            lm,
+            guard,
+            batch,
+            policy=args.policy,
+            max_new_tokens=args.max_new_tokens,
+            judge=judge,
+            repair=direction is not None,
+            refusal_direction=direction,
+        )[0]
+        print_json(
+            {
+                "harmful": reply.harmful,
+                "score": reply.score,
+                "blocked": reply.blocked,
+                "flagged": reply.flagged,
+                "response": reply.response,
+                "refused": reply.refused,
+                "repaired_response": reply.repaired_response,
+            }
+        )
+        if prompts is not None:
+            return 0
+
+
+def cmd_guard_eval(args: argparse.Namespace) -> int:
+    from latentguard.guard.table import (
+        EvalConfig,
+        evaluate_guards,
+        format_comparison,
+        format_lookalike_comparison,
+        format_repair,
+        format_seed_spread,
+        format_table,
+    )
+    from latentguard.io import atomic_write_text
+    from latentguard.judge import load_judge
+    from latentguard.models import load
+
+    lm = load_model(args)
+    attacked = load(args.attacked) if args.attacked else None
+    cfg = EvalConfig(
+        quick=args.quick,
+        seed=args.seed,
+        use_shared=not args.builtin_only,
+        method=args.method,
+        seeds=args.seeds,
+        n_gcg=args.gcg,
+        n_train_suffixed=args.train_suffixed,
+        lookalike_weight=args.lookalike_weight,
+        gcg_steps=args.gcg_steps,
+    )
+    out = Path(args.out)
+    table = evaluate_guards(
+        lm,
+        load_judge(),
+        cfg,
+        attacked=attacked,
+        progress=None if args.quiet else logger.info,
+        guard_out=out / "guard",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "guard_eval.json", json.dumps(table, indent=1))
+    text = format_table(table)
+    if table.get("comparison"):
+        text += "\n\nThe Latent Guard against each other guard, prompt by prompt (exact McNemar test):\n\n"
+        text += format_comparison(table["comparison"])
+    if table.get("xstest_auroc_comparison"):
+        text += (
+            "\n\nHarmful vs XSTest-style test prompts, threshold-free (paired bootstrap over prompts):\n\n"
+        )
+        text += format_lookalike_comparison(table["xstest_auroc_comparison"])
+    if "seed_spread" in table:
+        text += "\n\nRefitted with other train/validation splits. " + format_seed_spread(
+            table["seed_spread"], table["columns"]
+        )
+    if "after_attack" in table:
+        text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])
+    if "repair" in table:
+        text += (
+            "\n\nOver-refusal repair (Latent Guard says harmless + the answer is a refusal -> answer again "
+        )
+        text += "with the refusal direction ablated):\n\n" + format_repair(table["repair"])
+    atomic_write_text(out / "guard_eval.md", text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from latentguard.guard.guarded import LatentGuardBackend
+    from latentguard.guard.serve import ServeConfig, read_token_file, run
+    from latentguard.judge import load_judge
+
+    lm, guard = load_guard(args)
+    token = read_token_file(args.token_file) if args.token_file else None
+    direction = repair_direction(lm, args)
+    backend = LatentGuardBackend(
+        lm,
+        guard,
+        judge=load_judge() if direction is not None else None,
+        repair=direction is not None,
+        refusal_direction=direction,
+    )
+    run(backend, ServeConfig(host=args.host, port=args.port, token=token))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``guard`` (fit, check, chat, eval) and ``serve`` to the top-level subparsers."""
+    from latentguard.guard.types import POLICIES
+
+    guard = sub.add_parser("guard", help="Latent Guard: fit, check, chat, eval").add_subparsers(
+        dest="guard_command", required=True
+    )
+    p = guard.add_parser("fit", help="fit a guard from the model's own t_inst hidden states")
+    add_model_args(p)
+    p.add_argument("--harmful", default="builtin:harmful")
+    p.add_argument("--harmless", default="builtin:harmless")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
+    p.add_argument("--layers", default=None, help="candidate layers (default all)")
+    p.add_argument("--position", default="t_inst")
+    p.add_argument("--target-fpr", type=float, default=0.05)
+    p.add_argument(
+        "--probe-window",
+        type=int,
+        default=5,
+        help="probe: average per-layer probe logits over this many adjacent layers (1 = one layer)",
+    )
+    p.add_argument(
+        "--wrap-templates",
+        type=int,
+        default=0,
+        help="also train on N prompts per class wrapped in jailbreak templates (recommended: 160)",
+    )
+    p.add_argument(
+        "--suffix-prompts",
+        type=int,
+        default=0,
+        help="also train on N prompts per class followed by random-token suffixes (against GCG suffixes; "
+        "they train the guard but do not set its threshold)",
+    )
+    p.add_argument(
+        "--lookalikes",
+        default=None,
+        help="more harmless prompts that only look unsafe, weighted in training (e.g. builtin:xstest_like)",
+    )
+    p.add_argument(
+        "--lookalike-weight", type=float, default=3.0, help="training weight of the --lookalikes prompts"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_guard_fit)
+
+    def guard_model_args(p: argparse.ArgumentParser) -> None:
+        add_model_args(p)
+        p.set_defaults(model=None)
+        p.add_argument("--guard", required=True, help="guard artifact (from guard fit)")
+
+    p = guard.add_parser("check", help="classify prompts with a guard")
+    guard_model_args(p)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_guard_check)
+
+    p = guard.add_parser("chat", help="guarded generation (interactive without --prompt)")
+    guard_model_args(p)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--policy", choices=POLICIES, default="block")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
+    p.set_defaults(func=cmd_guard_chat)
+
+    p = guard.add_parser("eval", help="compare Latent Guard with other guards (paper Table 1 style)")
+    add_model_args(p)
+    p.set_defaults(model="organism")
+    p.add_argument(
+        "--attacked", default=None, help="attacked model (e.g. 'attacked') for the robustness rows"
+    )
+    p.add_argument("--out", default="runs/guard-eval")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="refit both activation guards with this many split seeds and report the spread (1 = off)",
+    )
+    p.add_argument(
+        "--gcg", type=int, default=8, help="harmful test prompts attacked with GCG suffixes (0: none)"
+    )
+    p.add_argument("--gcg-steps", type=int, default=20, help="GCG steps per prompt (results are cached)")
+    p.add_argument(
+        "--train-suffixed",
+        type=int,
+        default=60,
+        help="training prompts per class also given random-token suffixes (against GCG suffixes; "
+        "they train the activation guards but do not set their thresholds)",
+    )
+    p.add_argument(
+        "--lookalike-weight",
+        type=float,
+        default=3.0,
+        help="training weight of the harmless lookalikes (XSTest-style prompts) in the activation guards",
+    )
+    p.add_argument("--builtin-only", action="store_true")
+    p.set_defaults(func=cmd_guard_eval)
+
+    p = sub.add_parser("serve", help="serve a guard over HTTP (FastAPI + uvicorn)")
+    guard_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", default=None, help="file holding the bearer token")
+    p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
+    p.set_defaults(func=cmd_serve)
