@@ -652,13 +652,17 @@ _BUILDERS: Final[tuple[tuple[str, Callable[[Mapping[str, Any], MplFigure], tuple
 )
 
 
-def make_figures(summary: Mapping[str, Any], out_dir: Path, fmt: str = "png") -> list[Figure]:
+def make_figures(
+    summary: Mapping[str, Any], out_dir: Path, fmt: str = "png", *, strict: bool = False
+) -> list[Figure]:
     """Draw every figure whose section is present and write it to ``out_dir/<key>.<fmt>``.
 
     Args:
         summary: The parsed ``summary.json``; missing or empty sections are skipped.
         out_dir: Folder for the images (created).
         fmt: Image format understood by matplotlib (``"png"``, ``"svg"``, ``"pdf"``).
+        strict: Raise when a figure builder fails on a section (tests), instead of logging a
+            warning and leaving the figure out (a report from a partial summary still renders).
 
     Returns:
         The figures written, in report order.
@@ -683,6 +687,8 @@ def make_figures(summary: Mapping[str, Any], out_dir: Path, fmt: str = "png") ->
             path = out_dir / f"{key}.{fmt}"
             fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight")
         except (AttributeError, KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+            if strict:
+                raise
             logger.warning("figure %s skipped: malformed section (%s: %s)", key, type(exc).__name__, exc)
             continue
         finally:
