@@ -10,7 +10,14 @@ import numpy as np
 
 
 def format_repair(effect: Mapping[str, Mapping[str, float | int]]) -> str:
-    """A Markdown table of :func:`.repair.repair_effect`."""
+    """A Markdown table of :func:`.repair.repair_effect`.
+
+    Args:
+        effect: Its result.
+
+    Returns:
+        The table.
+    """
     lines = [
         "| prompts | n | refused before | refused after repair | guard flags | answered under block, before -> after |",
         "|---|---|---|---|---|---|",
@@ -24,7 +31,15 @@ def format_repair(effect: Mapping[str, Mapping[str, float | int]]) -> str:
 
 
 def format_lookalike_comparison(comparison: Sequence[dict[str, Any]], ours: str = "Latent Guard") -> str:
-    """A Markdown table of :func:`.stats.lookalike_auroc_comparison`."""
+    """A Markdown table of :func:`.stats.lookalike_auroc_comparison`.
+
+    Args:
+        comparison: Its result.
+        ours: What the header calls the compared row.
+
+    Returns:
+        The table.
+    """
     lines = [
         f"| other guard | AUROC({ours}) - AUROC(other) | 95% interval | bootstrap p |",
         "|---|---|---|---|",
@@ -36,7 +51,15 @@ def format_lookalike_comparison(comparison: Sequence[dict[str, Any]], ours: str 
 
 
 def format_comparison(comparison: Sequence[dict[str, Any]], ours: str = "Latent Guard") -> str:
-    """A Markdown table of :func:`.stats.paired_comparison`."""
+    """A Markdown table of :func:`.stats.paired_comparison`.
+
+    Args:
+        comparison: Its result.
+        ours: What the header calls the compared row.
+
+    Returns:
+        The table.
+    """
     lines = [
         f"| other guard | column | n | {ours} | other | only {ours} right | only other right | McNemar p |",
         "|---|---|---|---|---|---|---|---|",
@@ -50,7 +73,14 @@ def format_comparison(comparison: Sequence[dict[str, Any]], ours: str = "Latent 
 
 
 def format_table(table: Mapping[str, Any]) -> str:
-    """A Markdown table of a result of :func:`.run.evaluate_guards`."""
+    """A Markdown table of a result of :func:`.run.evaluate_guards`.
+
+    Args:
+        table: ``columns`` and ``rows`` (``name`` and ``values``, ``None`` shown as ``-``).
+
+    Returns:
+        The table.
+    """
     cols = table["columns"]
     lines = ["| guard | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for row in table["rows"]:
@@ -60,7 +90,15 @@ def format_table(table: Mapping[str, Any]) -> str:
 
 
 def format_seed_spread(spread: Mapping[str, Any], columns: Sequence[str]) -> str:
-    """A Markdown table: each column of each activation guard as ``mean [min, max]`` over split seeds."""
+    """A Markdown table: each column of each activation guard as ``mean [min, max]`` over split seeds.
+
+    Args:
+        spread: :func:`.run.seed_spread`'s result.
+        columns: The column names.
+
+    Returns:
+        The text (a heading line, then the table).
+    """
     n = len(spread["seeds"])
     lines = [
         f"Over {n} train/validation split seeds ({spread['seeds']}): mean [min, max]",

@@ -30,6 +30,19 @@ def repair_effect(
     judged too. Per set: the refusal rate before and after repair, how many were repaired, and how many
     the guard would block (policy ``block``), so harmful sets show whether repair makes the model
     answer harmful prompts that the guard lets through.
+
+    Args:
+        lm: The model.
+        guard: The Latent Guard deciding which prompts are harmless.
+        judge: Judges answers (``judge(responses, instructions)``).
+        refusal: The refusal direction ablated on repair.
+        sets: ``{name: prompts}``; empty sets are skipped.
+        max_new_tokens: Tokens generated per answer.
+        batch_size: Prompts per forward.
+
+    Returns:
+        ``{name: {"n", "refusal_before", "refusal_after", "repaired", "repair_succeeded",
+        "guard_flags", "answered_under_block_before", "answered_under_block_after"}}``.
     """
     from latentguard.guard.guarded import guarded_generate
 

@@ -15,6 +15,13 @@ from latentguard.guard.evaluate import paired_auroc_bootstrap
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar test: p-value of ``only_a`` vs ``only_b`` discordant pairs.
 
+    Args:
+        only_a: Pairs only the first classifier gets right.
+        only_b: Pairs only the second gets right.
+
+    Returns:
+        The two-sided binomial p-value (1 when there is no discordant pair).
+
     Example:
         >>> round(mcnemar_p(5, 0), 4)
         0.0625
@@ -36,7 +43,15 @@ def paired_comparison(
 
     For each (other row, column): the prompts only ``ours`` decides correctly, those only the other
     decides correctly, and the exact McNemar p-value. Rows without per-prompt ``flags`` are skipped.
-    ``ours`` defaults to the Latent Guard's row; ``columns`` to every decision column.
+
+    Args:
+        table: A result of :func:`.run.evaluate_guards` (``rows`` with ``name`` and ``flags``).
+        ours: Display name of the row compared; defaults to the Latent Guard's.
+        columns: Decision columns compared; defaults to every one ``ours`` has.
+
+    Returns:
+        One entry per (other row, column): ``other`` (its name), ``column``, ``n``, ``ours`` and
+        ``theirs`` (the flagged fractions), ``only_ours_correct``, ``only_theirs_correct`` and ``p``.
 
     Raises:
         KeyError: ``ours`` is not a row of ``table``.
@@ -81,6 +96,17 @@ def lookalike_auroc_comparison(
 
     Threshold-free: how well each guard's score separates harmful requests from safe prompts that
     look unsafe, whatever threshold it was given. Rows without per-prompt ``scores`` are skipped.
+
+    Args:
+        table: A result of :func:`.run.evaluate_guards` (``rows`` with ``name`` and ``scores``).
+        ours: Display name of the row compared; defaults to the Latent Guard's.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        One entry per other row: ``other``, ``n_boot`` and
+        :func:`latentguard.guard.evaluate.paired_auroc_bootstrap`'s ``diff``, ``lo``, ``hi``, ``p``
+        (empty when ``ours`` has no scores on both sets).
     """
     ours = ours or ROW_NAMES[LATENT_GUARD]
     rows = {r["name"]: r for r in table["rows"] if r.get("scores")}
