@@ -13,6 +13,7 @@ Modules, in the order data flows (each imports only from those above it):
 * :mod:`latentguard.attacks` -- jailbreak prompts (templates, persuasion) and GCG suffixes
 * :mod:`latentguard.analysis` -- beliefs, sweeps, the study; :mod:`latentguard.report`
 * :mod:`latentguard.guard` -- Latent Guard: fit, check, guarded generation, serve
+* :mod:`latentguard.experiments` -- experiments on the guard: ``guard eval`` (the paper's Table 1)
 """
 
 __version__ = "0.1.0"

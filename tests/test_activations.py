@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 import torch
 
-from latentguard.activations import ActivationSet, ArtifactError, ExtractConfig, extract, hidden_at
+from latentguard.activations import ActivationSet, ExtractConfig, extract, hidden_at
+from latentguard.io import ArtifactError
 from latentguard.models import LoadedModel
 from latentguard.positions import PromptTooLongError, locate
 

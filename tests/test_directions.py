@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.activations import ActivationSet, ArtifactError
+from latentguard.activations import ActivationSet
 from latentguard.directions import (
     Directions,
     category_directions,
@@ -15,6 +15,7 @@ from latentguard.directions import (
     mean_difference,
     refusal_direction,
 )
+from latentguard.io import ArtifactError
 
 
 def make_set(x: torch.Tensor, fp: str = "fp") -> ActivationSet:

@@ -16,13 +16,14 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from latentguard.activations import ArtifactError, ExtractConfig, extract
+from latentguard.activations import ExtractConfig, extract
 from latentguard.directions import Directions
 from latentguard.guard import evaluate
 from latentguard.guard.evaluate import auroc, rates, threshold_at_fpr, tpr_at_fpr
-from latentguard.guard.fit import GuardConfig, LatentGuard, _split, fit_from_activations, fit_guard
+from latentguard.guard.fit import GuardConfig, LatentGuard, fit_from_activations, fit_guard, train_val_split
 from latentguard.guard.guarded import GuardedReply, LatentGuardBackend, guarded_generate
 from latentguard.guard.score import HOMOGLYPHS, GuardResult, check, robustness_variants
+from latentguard.io import ArtifactError
 from latentguard.models import LoadedModel, wrap
 from latentguard.positions import locate
 
@@ -271,8 +272,8 @@ def test_calibrate_on_sets_the_threshold_on_the_masked_harmless_rows_only() -> N
     # the FPR target holds on the rows it was set on
     score, _ = masked.score_activations(neg, [1, 2])
     gen = torch.Generator().manual_seed(cfg.seed)
-    _split(n, cfg.val_fraction, gen)  # the harmful split comes first
-    _, va_neg = _split(2 * n, cfg.val_fraction, gen)
+    train_val_split(n, cfg.val_fraction, gen)  # the harmful split comes first
+    _, va_neg = train_val_split(2 * n, cfg.val_fraction, gen)
     va_plain = va_neg[va_neg < n]
     assert float((score[va_plain] > masked.threshold).double().mean()) <= 0.05
     with pytest.raises(ValueError, match="calibrate_on"):
@@ -376,8 +377,8 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
     n_harmless = suffixed.metrics["n_train_harmless"] + suffixed.metrics["n_val_harmless"]
     assert n_harmless == len(harmless) + 3
     gen = torch.Generator().manual_seed(1)  # the fit's split: harmful first, then harmless
-    _split(len(harmful) + 3, 0.25, gen)
-    _, va_neg = _split(n_harmless, 0.25, gen)
+    train_val_split(len(harmful) + 3, 0.25, gen)
+    _, va_neg = train_val_split(n_harmless, 0.25, gen)
     n_suffixed_val = int((va_neg >= len(harmless)).sum())
     assert n_suffixed_val == 1  # this seed puts one suffixed row in validation
     assert suffixed.metrics["n_calibration_harmless"] == len(va_neg) - n_suffixed_val
@@ -481,6 +482,110 @@ def test_loads_format_1_single_layer_probe(llama_lm: LoadedModel, tmp_path: Path
     (tmp_path / "old.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="format version 9"):
         LatentGuard.load(tmp_path / "old")
+
+
+#: The keys of a guard's JSON file as the code before ``latentguard.guard.model`` wrote them (format 2).
+FORMAT_2_JSON_KEYS = {
+    "d_model",
+    "fingerprint",
+    "format_version",
+    "kind",
+    "layer_convention",
+    "layers",
+    "meta",
+    "method",
+    "metrics",
+    "model",
+    "position",
+    "probe_biases",
+    "template_hash",
+    "tensors_sha256",
+    "threshold",
+}
+
+
+@pytest.mark.parametrize("method", ["centroid", "probe"])
+def test_loads_format_2_written_before_the_model_module(
+    llama_lm: LoadedModel, tmp_path: Path, method: str
+) -> None:
+    # a guard file pair written by hand, field by field, as the code before the split wrote it
+    from safetensors.torch import save_file
+
+    layers = [1, 2]
+    new = (
+        random_centroid_guard(llama_lm, layers)
+        if method == "centroid"
+        else random_probe_guard(llama_lm, layers)
+    )
+    if method == "centroid":
+        assert new.centroids_harmful is not None and new.centroids_harmless is not None
+        tensors = {f"centroid_harmful.{i}": new.centroids_harmful[i] for i in layers}
+        tensors |= {f"centroid_harmless.{i}": new.centroids_harmless[i] for i in layers}
+        biases = None
+    else:
+        assert new.probe_weights is not None and new.feature_means is not None
+        assert new.feature_stds is not None and new.probe_biases is not None
+        tensors = {f"probe_weight.{i}": new.probe_weights[i] for i in layers}
+        tensors |= {f"feature_mean.{i}": new.feature_means[i] for i in layers}
+        tensors |= {f"feature_std.{i}": new.feature_stds[i] for i in layers}
+        biases = {str(i): new.probe_biases[i] for i in layers}
+    save_file(
+        tensors, str(tmp_path / "old.safetensors"), metadata={"kind": "latentguard.guard", "method": method}
+    )
+    meta = {
+        "kind": "latentguard.guard",
+        "format_version": 2,
+        "method": method,
+        "layers": layers,
+        "position": "t_inst",
+        "threshold": new.threshold,
+        "probe_biases": biases,
+        "d_model": llama_lm.d_model,
+        "fingerprint": llama_lm.fingerprint,
+        "template_hash": llama_lm.template_hash,
+        "model": llama_lm.spec,
+        "metrics": {"val_auroc": 0.9},
+        "meta": {"note": "old"},
+        "tensors_sha256": hashlib.sha256((tmp_path / "old.safetensors").read_bytes()).hexdigest(),
+        "layer_convention": "index 0 = embedding output; index i = output of decoder block i "
+        "(last index after the final norm), as output_hidden_states",
+    }
+    assert set(meta) == FORMAT_2_JSON_KEYS
+    (tmp_path / "old.json").write_text(json.dumps(meta, indent=1))
+    old = LatentGuard.load(tmp_path / "old", lm=llama_lm)
+    assert (old.method, old.layers, old.threshold) == (method, layers, new.threshold)
+    assert old.metrics == {"val_auroc": 0.9} and old.meta == {"note": "old"}
+    assert [r.score for r in check(llama_lm, old, PROMPTS)] == [
+        r.score for r in check(llama_lm, new, PROMPTS)
+    ]
+    # and the new code writes the same layout: the same JSON keys and values, the same tensors
+    new.metrics, new.meta = {"val_auroc": 0.9}, {"note": "old"}
+    written = json.loads(new.save(tmp_path / "new").read_text())
+    assert set(written) == FORMAT_2_JSON_KEYS
+    assert {k: v for k, v in written.items() if k != "tensors_sha256"} == {
+        k: v for k, v in meta.items() if k != "tensors_sha256"
+    }
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == sorted(tensors) and f.metadata() == {
+            "kind": "latentguard.guard",
+            "method": method,
+        }
+    # (the bytes may differ: safetensors orders its header as it likes; the tensors are the same)
+    from safetensors.torch import load_file
+
+    written_tensors = load_file(str(tmp_path / "new.safetensors"))
+    assert all(
+        torch.equal(written_tensors[k], v) and written_tensors[k].dtype == v.dtype for k, v in tensors.items()
+    )
+
+
+def test_model_module_is_what_fit_re_exports() -> None:
+    from latentguard.guard import fit, model
+
+    assert fit.LatentGuard is model.LatentGuard
+    assert (fit.FORMAT_VERSION, fit.READABLE_VERSIONS, fit.KIND) == (2, (1, 2), "latentguard.guard")
 
 
 def test_load_against_other_model_names_both(

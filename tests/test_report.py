@@ -275,9 +275,17 @@ def synthetic_summary(n_layers: int = 8) -> dict[str, Any]:
                     "notes",
                 ],
                 "rows": [
-                    {"name": "Latent Guard (t_inst belief)", "values": [0.91, 0.04, 3.1, "ours"]},
-                    {"name": "model refusal", "values": [0.35, 0.02, 120.0, "baseline"]},
-                    {"name": "keyword filter", "values": [0.22, 0.1, 0.1, "-"]},
+                    {
+                        "key": "latent_guard",
+                        "name": "Latent Guard (t_inst belief)",
+                        "values": [0.91, 0.04, 3.1, "ours"],
+                    },
+                    {
+                        "key": "model_refusal",
+                        "name": "model refusal",
+                        "values": [0.35, 0.02, 120.0, "baseline"],
+                    },
+                    {"key": "keyword_filter", "name": "keyword filter", "values": [0.22, 0.1, 0.1, "-"]},
                 ],
             }
         },
@@ -625,3 +633,21 @@ def test_claim_i_prefers_the_succeeded_jailbreak_column(summary: dict[str, Any])
     ]
     claim = {c.id: c for c in evaluate_claims(summary)}["i"]
     assert claim.verdict == "holds" and "succeeded" in claim.measurement
+
+
+def test_claim_i_finds_rows_by_key_not_by_name(summary: dict[str, Any]) -> None:
+    table = summary["guard"]["table"]
+    table["rows"] = [
+        # a row whose name looks like the model's refusal but whose key says otherwise comes first
+        {"key": "refusal_direction_guard", "name": "model's own refusal", "values": [0.99, 0.0, 1.0, "-"]},
+        {"key": "model_refusal", "name": "the model, judged", "values": [0.5, 0.0, 1.0, "-"]},
+        {"key": "latent_guard", "name": "ours", "values": [0.9, 0.0, 1.0, "-"]},
+    ]
+    claim = {c.id: c for c in evaluate_claims(summary)}["i"]
+    assert claim.verdict == "holds" and "ours 0.900 vs the model, judged 0.500" in claim.measurement
+    table["rows"] = [
+        {"name": "Latent Guard (t_inst belief)", "values": [0.9]},
+        {"name": "model refusal", "values": [0.1]},
+    ]
+    # rows with neither a key nor a known display name are not guessed at
+    assert {c.id: c for c in evaluate_claims(summary)}["i"].verdict == "not measured"

@@ -174,15 +174,15 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_guard_eval(args: argparse.Namespace) -> int:
-    from latentguard.guard.table import (
-        EvalConfig,
-        evaluate_guards,
+    from latentguard.experiments.guard_eval.config import EvalConfig
+    from latentguard.experiments.guard_eval.format import (
         format_comparison,
         format_lookalike_comparison,
         format_repair,
         format_seed_spread,
         format_table,
     )
+    from latentguard.experiments.guard_eval.run import evaluate_guards
     from latentguard.io import atomic_write_text
     from latentguard.judge import load_judge
     from latentguard.models import load

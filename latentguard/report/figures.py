@@ -636,7 +636,7 @@ def _guard_table(summary: Mapping[str, Any], fig: MplFigure) -> tuple[str, str] 
     scored = [s for s in scored if not math.isnan(s[0])]
     best = max(scored)
     reading = f"highest {columns[first]}: {best[1]} ({best[0]:.3g}) among {len(rows)} guards"
-    return "Guards compared (numeric columns of guard.table)", reading
+    return "Guards compared (numeric columns of guard eval)", reading
 
 
 _BUILDERS: Final[tuple[tuple[str, Callable[[Mapping[str, Any], MplFigure], tuple[str, str] | None]], ...]] = (

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -7,19 +8,35 @@ import numpy as np
 import pytest
 import torch
 
-from latentguard.guard.table import (
+from latentguard.experiments.guard_eval.config import COLUMNS, EvalConfig
+from latentguard.experiments.guard_eval.data import guard_data
+from latentguard.experiments.guard_eval.fits import (
     ACTIVATION_GUARDS,
-    COLUMNS,
-    EvalConfig,
-    _fit_behaviour,
-    _fit_pair,
-    _seed_spread,
-    _training_acts,
-    format_seed_spread,
-    format_table,
-    guard_data,
+    eval_training_set,
+    fit_activation_pair,
+    fit_behaviour_guard,
+    training_activations,
 )
+from latentguard.experiments.guard_eval.format import format_seed_spread, format_table
+from latentguard.experiments.guard_eval.rows import (
+    LATENT_GUARD,
+    MODEL_REFUSAL,
+    REFUSAL_BEHAVIOUR_GUARD,
+    REFUSAL_DIRECTION_GUARD,
+    ROW_NAMES,
+    SELF_CHECK,
+    TEXT_CLASSIFIER,
+    find_row,
+    row_key,
+)
+from latentguard.experiments.guard_eval.run import seed_spread
+from latentguard.guard.training_set import TrainingSet
 from latentguard.models import LoadedModel
+
+
+def unsuffixed(cfg: EvalConfig) -> EvalConfig:
+    """The same sizes without random-suffixed training prompts (the training set needs no model then)."""
+    return replace(cfg, n_train_suffixed=0)
 
 
 def test_guard_data_builtin_has_disjoint_unseen_sets() -> None:
@@ -47,6 +64,7 @@ def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
 
     cfg = EvalConfig(quick=True, use_shared=False)
     data = guard_data(cfg)
+    ts = eval_training_set(data, unsuffixed(cfg))
     train_t, test_t = split_templates(load_templates(False), 0.5, cfg.seed)
     assert not {t for _, t in train_t} & {t for _, t in test_t}
 
@@ -58,8 +76,8 @@ def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
     test_heads = {fixed_text(t) for _, t in test_t}
     assert all(len(h) >= 10 for h in train_heads | test_heads)
     assert not train_heads & test_heads
-    assert data["train_harmful_wrapped"] and data["train_harmless_wrapped"]
-    for p in data["train_harmful_wrapped"] + data["train_harmless_wrapped"]:
+    assert ts.harmful_wrapped and ts.harmless_wrapped
+    for p in ts.harmful_wrapped + ts.harmless_wrapped:
         assert any(p.startswith(h) for h in train_heads)
     templated = [
         p for p, k in zip(data["test_jailbreak"], data["test_jailbreak_kind"], strict=True) if k == "template"
@@ -68,8 +86,8 @@ def test_guard_data_trains_and_tests_on_disjoint_jailbreak_templates() -> None:
     for p in templated + data["test_wrapped_everyday"]:
         assert any(p.startswith(h) for h in test_heads)
     # the wrapped training prompts carry training instructions, never test ones
-    assert all(any(t in p for t in data["train_harmful"]) for p in data["train_harmful_wrapped"])
-    assert not any(t in p for t in data["test_harmful"] for p in data["train_harmful_wrapped"])
+    assert all(any(t in p for t in data["train_harmful"]) for p in ts.harmful_wrapped)
+    assert not any(t in p for t in data["test_harmful"] for p in ts.harmful_wrapped)
 
 
 def test_split_templates_rejects_degenerate_fractions() -> None:
@@ -100,40 +118,45 @@ def test_guard_eval_cli_defaults_are_eval_config_defaults() -> None:
 
 
 def test_harmless_rows_calibrate_without_suffixed_and_weigh_lookalikes() -> None:
-    from latentguard.activations import ActivationSet
-    from latentguard.guard.table import harmless_rows
-
     names = ["plain", "looks bad", "wrapped looks bad", "plain sfx"]
-    neg = ActivationSet(
-        torch.zeros(4, 2, 1, 3), layers=[0, 1], positions=("t_inst",), fingerprint="f", instructions=names
+    ts = TrainingSet(
+        harmful=("h1", "h2"),
+        harmless=("plain", "looks bad"),
+        harmless_wrapped=("wrapped looks bad",),
+        harmless_suffixed=("plain sfx",),
+        lookalikes=frozenset({"looks bad"}),
+        lookalike_weight=3.0,
     )
-    data = {"train_harmless_suffixed": ["plain sfx"], "train_harmless_lookalike": ["looks bad"]}
-    rows = harmless_rows(neg, data, EvalConfig(lookalike_weight=3.0))
+    assert ts.prompts("harmless") == names
+    rows = ts.harmless_rows()
     assert rows.calibrate_on is not None and rows.weights is not None
     assert rows.calibrate_on.tolist() == [True, True, True, False]
     assert rows.weights.tolist() == [1.0, 3.0, 1.0, 1.0]
     sub = rows.subset(torch.tensor([True, False, True, True]))
     assert sub.calibrate_on is not None and sub.calibrate_on.tolist() == [True, True, False]
-    plain = harmless_rows(neg, {}, EvalConfig(lookalike_weight=1.0))
+    plain = replace(ts, harmless_suffixed=(), lookalike_weight=1.0).harmless_rows()
     assert plain.calibrate_on is None and plain.weights is None
+    assert replace(ts, calibrate_on_suffixed=True).harmless_rows().calibrate_on is None
 
 
 def test_seed_spread_refits_both_activation_guards(llama_lm: LoadedModel, tmp_cache: Path) -> None:
     cfg = EvalConfig(quick=True, use_shared=False, seeds=2)
     data = guard_data(cfg)
-    tr_h, tr_s = _training_acts(llama_lm, data, 16)
+    ts = eval_training_set(data, unsuffixed(cfg), llama_lm)
+    tr_h, tr_s = training_activations(llama_lm, ts, 16)
     succeeded = data["test_jailbreak"][:3]
-    spread = _seed_spread(llama_lm, tr_h, tr_s, cfg, data, succeeded, {})
+    spread = seed_spread(llama_lm, tr_h, tr_s, cfg, data, succeeded, {}, ts.harmless_rows())
     assert spread["seeds"] == [0, 1]
     assert [r["name"] for r in spread["rows"]] == list(ACTIVATION_GUARDS.values())
+    assert [r["key"] for r in spread["rows"]] == [LATENT_GUARD, REFUSAL_DIRECTION_GUARD]
     for row in spread["rows"]:
         assert len(row["values_by_seed"]) == 2 and len(row["layers_by_seed"]) == 2
         for values in row["values_by_seed"]:
             assert len(values) == len(COLUMNS)
             assert all(v is None or 0.0 <= v <= 1.0 for v in values)
     # seed 0 of the spread is the guard the table's main rows use
-    guards = _fit_pair(llama_lm, tr_h, tr_s, cfg.method, 0)
-    assert spread["rows"][0]["layers_by_seed"][0] == guards["latent"].layers
+    guards = fit_activation_pair(llama_lm, tr_h, tr_s, cfg.method, 0)
+    assert spread["rows"][0]["layers_by_seed"][0] == guards[LATENT_GUARD].layers
     text = format_seed_spread(spread, COLUMNS)
     lines = text.splitlines()
     assert lines[0].startswith("Over 2 train/validation split seeds")
@@ -147,8 +170,9 @@ def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> N
     if load_shared("harmful_harmbench_test") is None:
         pytest.skip("../shared/data is not present")
     data = guard_data(EvalConfig())
+    ts = eval_training_set(data, EvalConfig(n_train_suffixed=0, n_train_wrapped=0))
     lookalikes = [r.instruction for r in builtin("xstest_like")]
-    assert set(lookalikes) <= set(data["train_harmless"])
+    assert set(lookalikes) <= set(ts.harmless)
 
     every = {
         text_key(r.instruction)
@@ -166,7 +190,7 @@ def test_guard_data_shared_trains_on_every_harmful_set_and_the_lookalikes() -> N
     train_keys = [text_key(t) for t in data["train_harmful"]]
     assert len(train_keys) == len(set(train_keys))  # ...which are dropped, as are repeats
     assert set(train_keys) == every - test
-    train = set(data["train_harmful"]) | set(data["train_harmless"])
+    train = set(ts.harmful) | set(ts.harmless)
     for key in ("test_harmful", "test_everyday", "test_xstest"):
         assert data[key] and not (set(data[key]) & train), key
 
@@ -179,10 +203,11 @@ def test_behaviour_labelled_refusal_guard_moves_judged_refusals_to_the_refused_s
     assert data["train_harmless_lookalike"] and set(data["train_harmless_lookalike"]) <= set(
         data["train_harmless"]
     )
-    tr_h, tr_s = _training_acts(llama_lm, data, 16)
-    judged = data["train_harmless_lookalike"] + data["train_harmless_wrapped"]
+    ts = eval_training_set(data, unsuffixed(cfg), llama_lm)
+    tr_h, tr_s = training_activations(llama_lm, ts, 16)
+    judged = data["train_harmless_lookalike"] + list(ts.harmless_wrapped)
     refused = {p: i % 2 == 0 for i, p in enumerate(judged)}
-    guard = _fit_behaviour(llama_lm, tr_h, tr_s, refused, "auto", 0)
+    guard = fit_behaviour_guard(llama_lm, tr_h, tr_s, refused, "auto", 0)
     n_refused = sum(refused.get(p, False) for p in tr_s.instructions)
     assert guard.position == "t_post_inst" and guard.meta["refused"] == n_refused > 0
     m = guard.metrics
@@ -191,7 +216,7 @@ def test_behaviour_labelled_refusal_guard_moves_judged_refusals_to_the_refused_s
 
 
 def test_mcnemar_p_matches_the_binomial_tail() -> None:
-    from latentguard.guard.table import mcnemar_p
+    from latentguard.experiments.guard_eval.stats import mcnemar_p
 
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(4, 4) == 1.0
     assert mcnemar_p(5, 0) == pytest.approx(2 / 32) == mcnemar_p(0, 5)
@@ -199,9 +224,10 @@ def test_mcnemar_p_matches_the_binomial_tail() -> None:
 
 
 def test_paired_comparison_counts_discordant_prompts_by_column_meaning() -> None:
-    from latentguard.guard.table import format_comparison, paired_comparison
+    from latentguard.experiments.guard_eval.format import format_comparison
+    from latentguard.experiments.guard_eval.stats import paired_comparison
 
-    ours = ACTIVATION_GUARDS["latent"]
+    ours = ACTIVATION_GUARDS[LATENT_GUARD]
     table = {
         "columns": list(COLUMNS),
         "rows": [
@@ -251,8 +277,9 @@ def test_fpr_at_tpr_thresholds_each_guard_at_its_own_recall() -> None:
 
 
 def test_paired_auroc_bootstrap_sees_a_real_gap_and_no_gap_between_equals() -> None:
+    from latentguard.experiments.guard_eval.format import format_lookalike_comparison
+    from latentguard.experiments.guard_eval.stats import lookalike_auroc_comparison
     from latentguard.guard.evaluate import paired_auroc_bootstrap
-    from latentguard.guard.table import format_lookalike_comparison, lookalike_auroc_comparison
 
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(2, 1, 60), rng.normal(0, 1, 50)
@@ -263,7 +290,7 @@ def test_paired_auroc_bootstrap_sees_a_real_gap_and_no_gap_between_equals() -> N
     assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and same["p"] == 1.0
     with pytest.raises(ValueError, match="same"):
         paired_auroc_bootstrap(pos, neg, pos[:-1], neg)
-    ours = ACTIVATION_GUARDS["latent"]
+    ours = ACTIVATION_GUARDS[LATENT_GUARD]
 
     def row(name: str, h: np.ndarray, x: np.ndarray) -> dict[str, Any]:
         return {
@@ -289,8 +316,9 @@ class _FirstWordJudge:
 
 
 def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_cache: Path) -> None:
+    from latentguard.experiments.guard_eval.config import BAR_COLUMNS
+    from latentguard.experiments.guard_eval.run import evaluate_guards
     from latentguard.guard.fit import LatentGuard
-    from latentguard.guard.table import BAR_COLUMNS, evaluate_guards
 
     cfg = EvalConfig(quick=True, use_shared=False, seeds=1, repair=False, n_gcg=1, gcg_steps=1)
     said: list[str] = []
@@ -298,7 +326,18 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     assert any(m.startswith("GCG") for m in said)
     assert out["jailbreaks"]["n"]["gcg"] == 1 and out["jailbreaks"]["n"]["template"] > 0
     names = [r["name"] for r in out["rows"]]
-    assert names[0] == ACTIVATION_GUARDS["latent"] and len(set(names)) == len(names)
+    assert names[0] == ACTIVATION_GUARDS[LATENT_GUARD] and len(set(names)) == len(names)
+    # every row carries its stable machine key next to its display name
+    keys = [r["key"] for r in out["rows"]]
+    assert keys[:5] == [
+        LATENT_GUARD,
+        REFUSAL_DIRECTION_GUARD,
+        REFUSAL_BEHAVIOUR_GUARD,
+        MODEL_REFUSAL,
+        SELF_CHECK,
+    ]
+    assert keys[5:] in ([], [TEXT_CLASSIFIER])
+    assert all(ROW_NAMES[r["key"]] == r["name"] for r in out["rows"])
     for row in out["rows"]:
         assert len(row["values"]) == len(COLUMNS)
         assert all(v is None or 0.0 <= v <= 1.0 for v in row["values"])
@@ -307,7 +346,7 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     flags = latent["flags"]["TPR harmful"]
     assert latent["values"][0] == pytest.approx(sum(flags) / len(flags))
     assert {c["column"] for c in out["comparison"]} <= set(BAR_COLUMNS)
-    assert {c["other"] for c in out["comparison"]} >= {ACTIVATION_GUARDS["refusal_dir"]}
+    assert {c["other"] for c in out["comparison"]} >= {ACTIVATION_GUARDS[REFUSAL_DIRECTION_GUARD]}
     # the threshold-free XSTest columns come from the stored per-prompt scores
     from latentguard.guard.evaluate import auroc, fpr_at_tpr
 
@@ -327,3 +366,54 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     # a second run reuses the cached GCG prompt: same jailbreak set, same decisions
     again = evaluate_guards(llama_lm, _FirstWordJudge(), cfg)
     assert again["rows"][0]["flags"] == latent["flags"]
+
+
+def test_fit_guard_and_guard_eval_train_on_sets_from_the_same_builder(
+    llama_lm: LoadedModel, tmp_cache: Path
+) -> None:
+    from latentguard.guard.fit import GuardConfig, fit_guard, training_set_for
+
+    harmful = [
+        f"Explain how to build a bomb from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    harmless = [
+        f"Explain how to build a shed from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
+    ]
+    lookalikes = harmless[:2]  # the evaluation's lookalikes are among its harmless training prompts
+    data = {"train_harmful": harmful, "train_harmless": harmless, "train_harmless_lookalike": lookalikes}
+    cfg = EvalConfig(n_train_wrapped=3, n_train_suffixed=2, lookalike_weight=2.0, seed=1)
+    gcfg = GuardConfig(
+        method="centroid", batch_size=8, wrap_templates=3, suffix_prompts=2, lookalike_weight=2.0, seed=1
+    )
+    in_eval = eval_training_set(data, cfg, llama_lm)
+    in_fit = training_set_for(llama_lm, harmful, harmless, gcfg, lookalikes)
+    assert in_eval == in_fit
+    assert in_eval.harmless_suffixed and in_eval.harmless_wrapped and in_eval.n_lookalike_rows() == 2
+    a, b = in_eval.harmless_rows(), in_fit.harmless_rows()
+    assert (
+        a.calibrate_on is not None
+        and b.calibrate_on is not None
+        and a.weights is not None
+        and b.weights is not None
+    )
+    assert torch.equal(a.calibrate_on, b.calibrate_on) and torch.equal(a.weights, b.weights)
+    # fit_guard fits on exactly that set
+    guard = fit_guard(llama_lm, harmful, harmless, gcfg, lookalikes=lookalikes)
+    m = guard.metrics
+    assert m["n_train_harmful"] + m["n_val_harmful"] == len(in_fit.prompts("harmful"))
+    assert m["n_train_harmless"] + m["n_val_harmless"] == len(in_fit.prompts("harmless"))
+    assert guard.meta["wrapped_training_prompts"] == {
+        "harmful": len(in_fit.harmful_wrapped),
+        "harmless": len(in_fit.harmless_wrapped),
+    }
+    assert guard.meta["lookalikes"] == {"n": 2, "weight": 2.0}
+
+
+def test_row_keys_find_rows_of_new_and_old_guard_eval_files() -> None:
+    new = [{"key": MODEL_REFUSAL, "name": "renamed"}, {"key": LATENT_GUARD, "name": "Latent Guard (t_inst)"}]
+    assert find_row(new, MODEL_REFUSAL) is new[0] and find_row(new, LATENT_GUARD) is new[1]
+    # files written before rows had keys: found by their (unchanged) display names
+    old = [{"name": name} for name in ROW_NAMES.values()]
+    assert [row_key(r) for r in old] == list(ROW_NAMES)
+    assert row_key({"name": "a guard nobody knows"}) is None
+    assert find_row([*old, "not a row"], "no such key") is None
