@@ -304,7 +304,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
     data["meta"]["model"] = "<script>alert('x')</script> & co"
     data["guard"]["table"]["rows"][2]["name"] = "<b>keyword</b>"
     out = tmp_path_factory.mktemp("report")
-    figs = make_figures(data, out / "figures")
+    figs = make_figures(data, out / "figures", strict=True)
     return data, write_report(data, out, figures=figs), figs
 
 
@@ -337,7 +337,7 @@ def test_readings_follow_the_numbers(summary: dict[str, Any], tmp_path: Path) ->
     summary["finetune_attack"]["refusal_rate_after"] = 0.5
     summary["beliefs"]["fractions"]["t_inst"]["accepted_harmful"] = 3 / 14
     only = {k: summary[k] for k in ("meta", "finetune_attack", "beliefs")}
-    readings = {f.key: f.reading for f in make_figures(only, tmp_path)}
+    readings = {f.key: f.reading for f in make_figures(only, tmp_path, strict=True)}
     assert set(readings) == {"finetune_attack", "beliefs_per_layer", "beliefs_scatter"}
     assert "94% → 50%" in readings["finetune_attack"]
     assert "at t_inst 3/14 accepted-harmful" in readings["beliefs_per_layer"]
@@ -345,18 +345,22 @@ def test_readings_follow_the_numbers(summary: dict[str, Any], tmp_path: Path) ->
 
 def test_figures_other_format_and_sizes(tmp_path: Path) -> None:
     small = synthetic_summary(n_layers=3)
-    figs = make_figures({k: small[k] for k in ("directions", "steering", "categories")}, tmp_path, fmt="svg")
+    figs = make_figures(
+        {k: small[k] for k in ("directions", "steering", "categories")}, tmp_path, fmt="svg", strict=True
+    )
     assert [f.key for f in figs] == ["directions", "steering_sweep", "categories"]
     assert all(f.path.suffix == ".svg" and f.path.read_text().lstrip().startswith("<?xml") for f in figs)
     big = synthetic_summary(n_layers=40)
-    figs = make_figures({k: big[k] for k in ("beliefs", "directions", "inversion")}, tmp_path / "big")
+    figs = make_figures(
+        {k: big[k] for k in ("beliefs", "directions", "inversion")}, tmp_path / "big", strict=True
+    )
     assert [f.key for f in figs] == ["beliefs_per_layer", "beliefs_scatter", "directions", "inversion"]
 
 
 def test_categories_without_refusal_categories(summary: dict[str, Any], tmp_path: Path) -> None:
     cats = summary["categories"]
     cats.update(refusal_names=[], harm_vs_refusal_cos=[[] for _ in cats["names"]])
-    figs = make_figures({"categories": cats}, tmp_path)
+    figs = make_figures({"categories": cats}, tmp_path, strict=True)
     assert [f.key for f in figs] == ["categories"] and "refusal" not in figs[0].reading
     assert _verdicts({"categories": cats})["h"] == "holds"
 
@@ -377,7 +381,7 @@ def test_missing_sections_are_skipped(
     for name in emptied:
         summary[name] = {}
     gone = set(deleted) | set(emptied)
-    keys = [f.key for f in make_figures(summary, tmp_path)]
+    keys = [f.key for f in make_figures(summary, tmp_path, strict=True)]
     assert keys == [k for k in ALL_KEYS if SECTION_OF[k] not in gone]
     verdicts = _verdicts(summary)
     for name, cid in CLAIM_OF.items():
@@ -395,6 +399,8 @@ def test_empty_and_malformed_summaries(tmp_path: Path, caplog: pytest.LogCapture
     keys = [f.key for f in make_figures(bad, tmp_path)]
     assert "steering_sweep" not in keys and "categories" not in keys and "beliefs_scatter" not in keys
     assert "beliefs_per_layer" in keys
+    with pytest.raises((TypeError, ValueError, KeyError, IndexError, AttributeError)):
+        make_figures(bad, tmp_path / "strict", strict=True)  # tests see a failing builder
     verdicts = _verdicts(bad)
     assert verdicts["e"] == "not measured" and verdicts["b"] == "not measured"
     assert all(v in VERDICTS for v in verdicts.values())
@@ -498,7 +504,7 @@ def test_report_from_path_and_given_parts(summary: dict[str, Any], tmp_path: Pat
     src.write_text(json.dumps(small), encoding="utf-8")
     text = build_report(src, tmp_path / "a").read_text(encoding="utf-8")
     assert text.count("<img ") == 2 and "not measured" in text
-    figs = make_figures(small, tmp_path / "b" / "f")[:1]
+    figs = make_figures(small, tmp_path / "b" / "f", strict=True)[:1]
     path = write_report(small, tmp_path / "b", figures=figs, claims=[])
     assert path.read_text(encoding="utf-8").count("<img ") == 1
     empty = write_report({}, tmp_path / "c").read_text(encoding="utf-8")
