@@ -1,19 +1,22 @@
 """latentguard: separate what a chat LLM believes is harmful from what it refuses, and guard with the belief.
 
-Modules, in the order data flows (each imports only from those above it):
+Layers, top to bottom; a module imports only from layers below it (``lint-imports`` checks the
+contract in ``pyproject.toml``; ``docs/architecture.md`` draws it):
 
-* :mod:`latentguard.models` -- load a model (HF id, path, ``.gguf``, ``default``, ``organism``)
+* :mod:`latentguard.cli` -- the ``latentguard`` command
+* :mod:`latentguard.report` -- figures, claims and ``report.html`` from ``summary.json``
+* :mod:`latentguard.experiments` -- the ``guard eval`` experiment
+* :mod:`latentguard.analysis` (beliefs, sweeps, the study) | :mod:`latentguard.ray_engine`
+* :mod:`latentguard.guard` -- Latent Guard: types, model, training set, fit, score, guarded, serve
+* :mod:`latentguard.organism` | :mod:`latentguard.behaviour` | :mod:`latentguard.attacks` |
+  :mod:`latentguard.steering` | :mod:`latentguard.directions`
+* :mod:`latentguard.lora` -- LoRA training and float16 adapters
+* :mod:`latentguard.generation` -- greedy batched generation
+* :mod:`latentguard.activations` (cached hidden states) | :mod:`latentguard.judge` (refusal judges)
+* :mod:`latentguard.prefix` | :mod:`latentguard.hooks` | :mod:`latentguard.encoder`
 * :mod:`latentguard.positions` -- ``t_inst`` / ``t_post_inst`` from the chat template
-* :mod:`latentguard.data` -- built-in sets and loaders
-* :mod:`latentguard.encoder` -- the MiniLM sentence encoder (find, load, encode)
-* :mod:`latentguard.activations` -- cached, resumable hidden-state extraction
-* :mod:`latentguard.directions` -- diff-in-means directions and cosines
-* :mod:`latentguard.generation`, :mod:`latentguard.judge`, :mod:`latentguard.steering`
-* :mod:`latentguard.behaviour`, :mod:`latentguard.organism`
-* :mod:`latentguard.attacks` -- jailbreak prompts (templates, persuasion) and GCG suffixes
-* :mod:`latentguard.analysis` -- beliefs, sweeps, the study; :mod:`latentguard.report`
-* :mod:`latentguard.guard` -- Latent Guard: fit, check, guarded generation, serve
-* :mod:`latentguard.experiments` -- experiments on the guard: ``guard eval`` (the paper's Table 1)
+* :mod:`latentguard.models` | :mod:`latentguard.hardware` | :mod:`latentguard.batching`
+* :mod:`latentguard.io` (atomic writes, cache root) | :mod:`latentguard.data` (data sets)
 """
 
 __version__ = "0.1.0"

@@ -49,7 +49,7 @@ class AlignConfig:
     """Hyper-parameters of :func:`align` (and, with other defaults, :func:`attack`)."""
 
     seed: int = field(default=0, metadata={"help": "seed for splits, shuffling and LoRA init"})
-    epochs: float = field(default=1.4, metadata={"help": "passes over the training set"})
+    epochs: float = field(default=1.2, metadata={"help": "passes over the training set"})
     batch_size: int = field(default=16, metadata={"help": "examples per optimiser step"})
     lr: float = field(default=8e-4, metadata={"help": "AdamW learning rate"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -86,7 +86,7 @@ class AlignConfig:
         metadata={"help": "(../shared/data set, rows) added to the harmful training set when extra_shared"},
     )
     n_shared_harmless: int = field(
-        default=600, metadata={"help": "Alpaca-train rows added when extra_shared"}
+        default=900, metadata={"help": "Alpaca-train rows added when extra_shared"}
     )
     hard_harmless: int = field(
         default=300,

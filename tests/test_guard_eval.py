@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,10 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     ]
     assert keys[5:] in ([], [TEXT_CLASSIFIER])
     assert all(ROW_NAMES[r["key"]] == r["name"] for r in out["rows"])
+    from latentguard.experiments.guard_eval.schema import validate_guard_eval
+
+    typed = validate_guard_eval(json.loads(json.dumps(out)))  # a real run's output, through JSON
+    assert [r.key for r in typed.rows] == keys and typed.columns == out["columns"]
     for row in out["rows"]:
         assert len(row["values"]) == len(COLUMNS)
         assert all(v is None or 0.0 <= v <= 1.0 for v in row["values"])

@@ -657,3 +657,16 @@ def test_claim_i_finds_rows_by_key_not_by_name(summary: dict[str, Any]) -> None:
     ]
     # rows with neither a key nor a known display name are not guessed at
     assert {c.id: c for c in evaluate_claims(summary)}["i"].verdict == "not measured"
+
+
+def test_summary_schema_accepts_the_synthetic_summary_and_names_bad_fields() -> None:
+    from latentguard.analysis.schema import SchemaError, validate_summary
+
+    typed = validate_summary(synthetic_summary())
+    assert typed.meta.n_layers == 8 and typed.steering is not None
+    bad = synthetic_summary()
+    bad["directions"]["cosine"] = "oops"
+    del bad["meta"]["n_layers"]
+    with pytest.raises(SchemaError, match=r"directions\.cosine") as info:
+        validate_summary(bad)
+    assert "meta.n_layers" in str(info.value)

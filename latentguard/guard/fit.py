@@ -210,8 +210,6 @@ def train_val_split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-
-
 def _check_group(x: torch.Tensor, name: str, n_layers: int) -> torch.Tensor:
     if x.ndim != 3 or x.shape[1] != n_layers:
         raise ValueError(f"{name} activations must be [n, {n_layers} layers, d], got {tuple(x.shape)}")
