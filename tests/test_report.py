@@ -670,3 +670,14 @@ def test_summary_schema_accepts_the_synthetic_summary_and_names_bad_fields() -> 
     with pytest.raises(SchemaError, match=r"directions\.cosine") as info:
         validate_summary(bad)
     assert "meta.n_layers" in str(info.value)
+
+
+def test_summary_schema_accepts_a_real_quick_run() -> None:
+    """tests/data/summary_quick.json: `latentguard run --size quick --no-attack` on the shipped organism."""
+    from latentguard.analysis.schema import SECTIONS, validate_summary
+
+    data = json.loads((Path(__file__).parent / "data" / "summary_quick.json").read_text(encoding="utf-8"))
+    typed = validate_summary(data)
+    assert typed.meta.quick and typed.meta.n_layers == 30
+    present = [s for s in SECTIONS if getattr(typed, s) is not None]
+    assert present == [s for s in SECTIONS if s != "finetune_attack"]
