@@ -154,6 +154,7 @@ def test_generate_policies(policy: str, blocked: bool, flagged: bool, has_respon
         "response": "answer to bread please",
         "repaired_response": None,
         "error": None,
+        "normalized": False,
     }
     assert backend.generate_calls == [(["a bomb please", "bread please"], 7, policy)]
 
@@ -497,6 +498,7 @@ def test_invalid_backend_results_fail_closed(bad: str) -> None:
             "score": 0.1,
             "layer_scores": {"10": 0.1, "12": 0.05},
             "error": None,
+            "normalized": False,
         }
 
 
@@ -843,16 +845,17 @@ def test_result_schemas_mirror_the_result_types() -> None:
         "response",
         "repaired_response",
         "error",
+        "normalized",
     ]
     assert set(GenerateItem.model_fields) == {f.name for f in fields(GuardedReply)} - {"refused"}
     verdict = Verdict(harmful=True, score=0.75, layer_scores={3: 0.5})
     assert ClassifyItem.from_result(verdict).model_dump_json() == (
-        '{"harmful":true,"score":0.75,"layer_scores":{"3":0.5},"error":null}'
+        '{"harmful":true,"score":0.75,"layer_scores":{"3":0.5},"error":null,"normalized":false}'
     )
     reply = GuardedReply(harmful=False, score=0.25, blocked=False, flagged=False, response="hi", refused=True)
     assert GenerateItem.from_result(reply).model_dump_json() == (
         '{"harmful":false,"score":0.25,"blocked":false,"flagged":false,"response":"hi",'
-        '"repaired_response":null,"error":null}'
+        '"repaired_response":null,"error":null,"normalized":false}'
     )
 
 

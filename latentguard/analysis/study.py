@@ -155,8 +155,30 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
 }
 
 #: Seconds each stage took per size preset on the reference machine (2 CPU cores with AMX, the
-#: shipped organism, an empty cache); the "about" in each stage's log line. Other machines differ.
-REFERENCE_SECONDS: dict[str, dict[str, float]] = {}
+#: shipped organism, an empty cache, ../shared/data present); the "about" in each stage's log line.
+#: ``finetune_attack`` includes building the attacked model (45 s). Other machines differ.
+REFERENCE_SECONDS: dict[str, dict[str, float]] = {
+    "quick": {
+        "load": 3,
+        "label": 14,
+        "extract": 2,
+        "steering": 13,
+        "inversion": 7,
+        "jailbreaks": 11,
+        "finetune_attack": 50,
+        "report": 2,
+    },
+    "demo": {
+        "load": 20,
+        "label": 34,
+        "extract": 7,
+        "steering": 37,
+        "inversion": 39,
+        "jailbreaks": 36,
+        "finetune_attack": 59,
+        "report": 2,
+    },
+}
 
 
 class Stages:

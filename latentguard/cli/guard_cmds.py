@@ -90,7 +90,7 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
     def run(prompts: list[str], batch_size: int = 16) -> list[GuardResult]:
         if engine is None:
             lm, guard = load_guard(args)
-            return check(lm, guard, prompts, batch_size=batch_size)
+            return check(lm, guard, prompts, batch_size=batch_size, normalize=not args.no_normalize)
         from latentguard import ray_engine
 
         guard_model(args)
@@ -98,7 +98,14 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
 
     if args.prompt is not None:
         res = run([args.prompt])[0]
-        print_json({"harmful": res.harmful, "score": res.score, "layer_scores": res.layer_scores})
+        print_json(
+            {
+                "harmful": res.harmful,
+                "score": res.score,
+                "normalized": res.normalized,
+                "layer_scores": res.layer_scores,
+            }
+        )
         return 0
     if not (args.data and args.out):
         raise ValueError("give --prompt TEXT, or --data FILE and --out FILE")
@@ -112,6 +119,7 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
             "instruction": e.instruction,
             "harmful": r.harmful,
             "score": r.score,
+            "normalized": r.normalized,
             "layer_scores": r.layer_scores,
         }
         for e, r in zip(examples, results, strict=True)
@@ -157,6 +165,7 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
             judge=judge,
             repair=direction is not None,
             refusal_direction=direction,
+            normalize=not args.no_normalize,
         )[0]
         print_json(
             {
@@ -167,6 +176,7 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
                 "response": reply.response,
                 "refused": reply.refused,
                 "repaired_response": reply.repaired_response,
+                "normalized": reply.normalized,
             }
         )
         if prompts is not None:
@@ -250,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         judge=load_judge() if direction is not None else None,
         repair=direction is not None,
         refusal_direction=direction,
+        normalize=not args.no_normalize,
     )
     run(backend, ServeConfig(host=args.host, port=args.port, token=token))
     return 0
@@ -306,6 +317,12 @@ def register(sub: Any) -> None:
         add_model_args(p)
         p.set_defaults(model=None)
         p.add_argument("--guard", required=True, help="guard artifact (from guard fit)")
+        p.add_argument(
+            "--no-normalize",
+            action="store_true",
+            help="read prompts as given (default: NFKC, invisible characters removed, look-alike letters "
+            "folded and letter spacing collapsed before the guard reads them)",
+        )
 
     p = guard.add_parser("check", help="classify prompts with a guard")
     guard_model_args(p)

@@ -32,7 +32,14 @@ from torch.utils.hooks import RemovableHandle
 from latentguard.batching import length_batches, pad_batch
 from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
 from latentguard.guard.fit import LatentGuard
-from latentguard.guard.score import check, guard_layers_available, results_from_states, templated
+from latentguard.guard.score import (
+    check,
+    guard_layers_available,
+    normalized_prompts,
+    results_from_states,
+    templated,
+    validate_prompts,
+)
 from latentguard.guard.types import GuardedReply, Policy, Verdict
 from latentguard.hooks import residual_hook
 from latentguard.models import LoadedModel
@@ -164,6 +171,7 @@ def guarded_generate(
     refusal_direction: Directions | None = None,
     repair_layers: Sequence[int] | None = None,
     batch_size: int = 8,
+    normalize: bool = True,
 ) -> list[GuardedReply]:
     """Generate greedy answers while the guard reads the prompt's hidden states from the same prefill.
 
@@ -180,6 +188,9 @@ def guarded_generate(
         refusal_direction: The refusal direction per layer (:mod:`latentguard.directions`).
         repair_layers: Layers at which it is ablated; default all layers it has.
         batch_size: Prompts per ``generate`` call.
+        normalize: Normalise each prompt once, before templating
+            (:mod:`latentguard.guard.normalize`): the guard and the model read the same normalised
+            prompt in one prefill, and :attr:`GuardedReply.normalized` says where it changed.
 
     Returns:
         One :class:`GuardedReply` per prompt, in input order.
@@ -195,7 +206,9 @@ def guarded_generate(
     if not prompts:
         return []
     guard_layers_available(lm, guard)
-    positions = templated(lm, prompts)
+    validate_prompts(prompts)
+    norm_texts, changed = normalized_prompts(prompts, normalize)
+    positions = templated(lm, norm_texts)
     from transformers import StoppingCriteriaList
 
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -252,6 +265,7 @@ def guarded_generate(
             response=None if blocked[i] else texts[i],
             refused=refused[i],
             repaired_response=repaired[i],
+            normalized=changed[i],
         )
         for i, v in enumerate(final)
     ]
@@ -276,11 +290,13 @@ class LatentGuardBackend:
         repair: bool = False,
         refusal_direction: Directions | None = None,
         repair_layers: Sequence[int] | None = None,
+        normalize: bool = True,
     ) -> None:
         """Wrap a model and its guard.
 
         Args:
-            lm: The model.
+            repair_layers: Layers of the ablation (default: all of the direction's).
+            normalize: Normalise prompts before the guard and the model read them (default on).
             guard: Its fitted guard.
             batch_size: Prompts per classify forward.
             generate_batch_size: Prompts per ``generate`` call.
@@ -305,12 +321,20 @@ class LatentGuardBackend:
         self.repair = repair
         self.refusal_direction = refusal_direction
         self.repair_layers = list(repair_layers) if repair_layers is not None else None
+        self.normalize = normalize
         # the template prefix's keys/values, computed once for every classify request
         self.prefix = build_prefix_cache(lm)
 
     def classify(self, prompts: list[str]) -> list[Verdict]:
         """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
-        return check(self.lm, self.guard, prompts, batch_size=self.batch_size, prefix=self.prefix)
+        return check(
+            self.lm,
+            self.guard,
+            prompts,
+            batch_size=self.batch_size,
+            prefix=self.prefix,
+            normalize=self.normalize,
+        )
 
     def generate(self, prompts: list[str], max_new_tokens: int, policy: Policy | str) -> list[GuardedReply]:
         """Guarded generation with :func:`guarded_generate`."""
@@ -325,6 +349,7 @@ class LatentGuardBackend:
             refusal_direction=self.refusal_direction,
             repair_layers=self.repair_layers,
             batch_size=self.generate_batch_size,
+            normalize=self.normalize,
         )
 
     @property

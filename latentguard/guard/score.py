@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -108,6 +109,16 @@ def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[Verdic
     ]
 
 
+def normalized_prompts(prompts: Sequence[str], normalize: bool) -> tuple[list[str], list[bool]]:
+    """The prompts the guard reads, and which of them normalisation changed."""
+    if not normalize:
+        return list(prompts), [False] * len(prompts)
+    from latentguard.guard.normalize import normalize as normalise_one
+
+    done = [normalise_one(p) for p in prompts]
+    return [d.text for d in done], [d.changed for d in done]
+
+
 def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
     """Validate and template ``prompts`` with ``lm``'s chat template."""
     validate_prompts(prompts)
@@ -120,6 +131,8 @@ def check(
     prompts: Sequence[str],
     batch_size: int = 16,
     prefix: PrefixCache | bool | None = True,
+    *,
+    normalize: bool = True,
 ) -> list[Verdict]:
     """Classify prompts with the guard.
 
@@ -133,6 +146,9 @@ def check(
         batch_size: Prompts per forward.
         prefix: A prebuilt :class:`~latentguard.prefix.PrefixCache` (a server keeps one), ``True``
             to build one for this call, ``False`` or ``None`` to run every prompt in full.
+        normalize: Read each prompt after :func:`latentguard.guard.normalize.normalize` (NFKC,
+            invisible characters removed, look-alike letters folded, letter spacing collapsed);
+            :attr:`Verdict.normalized` says where it changed the prompt.
 
     Returns:
         One :class:`~latentguard.guard.types.Verdict` per prompt, in input order.
@@ -149,7 +165,9 @@ def check(
     if not prompts:
         return []
     guard_layers_available(lm, guard)
-    positions = templated(lm, prompts)
+    validate_prompts(prompts)
+    texts, changed = normalized_prompts(prompts, normalize)
+    positions = templated(lm, texts)
     cache: PrefixCache | None = None
     if isinstance(prefix, PrefixCache):
         cache = prefix
@@ -159,7 +177,10 @@ def check(
     for idx in length_batches([len(p) for p in positions], batch_size):
         h = hidden_at(lm, [positions[i] for i in idx], (guard.position,), guard.layers, prefix=cache)
         states[idx] = h[:, :, 0]
-    return results_from_states(guard, states)
+    return [
+        replace(v, normalized=c) if c else v
+        for v, c in zip(results_from_states(guard, states), changed, strict=True)
+    ]
 
 
 def robustness_variants(text: str) -> dict[str, str]:

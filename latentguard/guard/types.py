@@ -81,12 +81,15 @@ class Verdict:
         layer_scores: Per-layer scores, keyed by hidden-state index (may be empty).
         error: Set when the guard failed on this prompt and the verdict failed closed (harmful, score
             1.0); ``None`` for a real verdict.
+        normalized: The guard read a normalised form of the prompt (it held zero-width characters,
+            look-alike letters, letter spacing ...; :mod:`latentguard.guard.normalize`).
     """
 
     harmful: bool
     score: float
     layer_scores: dict[int, float] = field(default_factory=dict)
     error: str | None = None
+    normalized: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +106,7 @@ class GuardedReply:
         repaired_response: The answer regenerated with the refusal direction ablated (repair only).
         error: Set when generation or the guard failed and the reply failed closed (blocked);
             ``None`` otherwise.
+        normalized: The prompt was normalised before the guard and the model read it.
     """
 
     harmful: bool
@@ -113,6 +117,7 @@ class GuardedReply:
     refused: bool | None = None
     repaired_response: str | None = None
     error: str | None = None
+    normalized: bool = False
 
 
 #: Older names of :class:`Verdict` (``latentguard.guard.score`` and ``latentguard.guard.serve``).

@@ -81,6 +81,11 @@ class ClassifyItem(BaseModel):
     error: str | None = Field(
         default=None, description="Set when the guard failed on this prompt and the verdict failed closed."
     )
+    normalized: bool = Field(
+        default=False,
+        description="Whether the guard read a normalised form of the prompt (zero-width characters removed, "
+        "look-alike letters folded, letter spacing collapsed ...).",
+    )
 
     @classmethod
     def from_result(cls, verdict: Verdict) -> "ClassifyItem":
@@ -97,6 +102,7 @@ class ClassifyItem(BaseModel):
             score=verdict.score,
             layer_scores=dict(verdict.layer_scores),
             error=verdict.error,
+            normalized=verdict.normalized,
         )
 
 
@@ -120,6 +126,9 @@ class GenerateItem(BaseModel):
     error: str | None = Field(
         default=None, description="Set when generation or the guard failed; the result is then blocked."
     )
+    normalized: bool = Field(
+        default=False, description="Whether the prompt was normalised before the guard and the model read it."
+    )
 
     @classmethod
     def from_result(cls, reply: GuardedReply) -> "GenerateItem":
@@ -139,6 +148,7 @@ class GenerateItem(BaseModel):
             response=reply.response,
             repaired_response=reply.repaired_response,
             error=reply.error,
+            normalized=reply.normalized,
         )
 
 
