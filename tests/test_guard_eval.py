@@ -102,18 +102,27 @@ def test_split_templates_rejects_degenerate_fractions() -> None:
 
 def test_guard_fit_cli_has_wrap_templates() -> None:
     from latentguard.cli import build_parser
+    from latentguard.cli.common import config_from_args
+    from latentguard.guard.fit import GuardConfig
 
-    args = build_parser().parse_args(["guard", "fit", "--out", "g", "--wrap-templates", "160"])
-    assert args.wrap_templates == 160
-    assert build_parser().parse_args(["guard", "fit", "--out", "g"]).wrap_templates == 0
+    args = build_parser().parse_args(
+        ["guard", "fit", "--out", "g", "--wrap-templates", "160", "--layers", "3,5"]
+    )
+    cfg = config_from_args(GuardConfig, args)
+    assert (cfg.wrap_templates, cfg.layers) == (160, (3, 5))
+    args = build_parser().parse_args(["guard", "fit", "--out", "g"])
+    assert config_from_args(GuardConfig, args) == GuardConfig()  # the dataclass states the defaults
 
 
 def test_guard_eval_cli_defaults_are_eval_config_defaults() -> None:
     from latentguard.cli import build_parser
+    from latentguard.cli.common import config_from_args
 
     args = build_parser().parse_args(["guard", "eval"])
-    cfg = EvalConfig()
-    assert (args.train_suffixed, args.lookalike_weight) == (cfg.n_train_suffixed, cfg.lookalike_weight)
+    assert config_from_args(EvalConfig, args) == EvalConfig()
+    args = build_parser().parse_args(["guard", "eval", "--gcg", "2", "--train-suffixed", "7", "--quick"])
+    cfg = config_from_args(EvalConfig, args, use_shared=False if args.builtin_only else None)
+    assert (cfg.n_gcg, cfg.n_train_suffixed, cfg.quick, cfg.use_shared) == (2, 7, True, True)
     with pytest.raises(ValueError, match="lookalike_weight"):
         EvalConfig(lookalike_weight=0.0)
 

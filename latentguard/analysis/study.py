@@ -356,9 +356,21 @@ def run_study(
     """Run every analysis and write ``summary.json`` and the group files into ``out_dir``.
 
     The figures and ``report.html`` are built from the summary by :func:`latentguard.report.html.build_report`
-    (``latentguard run`` does both).
+    (``latentguard run`` does both). Torch's global random state is seeded with ``config.seed``
+    for the run and restored afterwards (the caller's state is untouched).
     """
     cfg = config or StudyConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _study(model, out_dir, cfg, progress)
+
+
+def _study(
+    model: str | LoadedModel,
+    out_dir: str | os.PathLike[str],
+    cfg: StudyConfig,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     st = Stages(cfg.size)
@@ -367,7 +379,6 @@ def run_study(
             "study (%s size): about %s on the reference machine", cfg.size, _human(st.expected_seconds())
         )
     t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
     summary: dict[str, Any] = {}
     with st.stage("load"):
         lm = load(model) if isinstance(model, str) else model

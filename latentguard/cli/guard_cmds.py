@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from latentguard.cli.common import (
+    add_config_options,
     add_engine_args,
     add_model_args,
+    config_from_args,
     engine_config,
     instructions,
     load_model,
@@ -30,19 +32,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
     harmless = instructions(args.harmless, args.limit)
     lookalikes = instructions(args.lookalikes, args.limit) if args.lookalikes else []
     lm = load_model(args)
-    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
-    cfg = GuardConfig(
-        method=args.method,
-        layers=layers,
-        position=args.position,
-        target_fpr=args.target_fpr,
-        seed=args.seed,
-        progress=not args.quiet,
-        wrap_templates=args.wrap_templates,
-        suffix_prompts=args.suffix_prompts,
-        probe_window=args.probe_window,
-        lookalike_weight=args.lookalike_weight,
-    )
+    cfg = config_from_args(GuardConfig, args, progress=not args.quiet)
     guard = fit_guard(lm, harmful, harmless, cfg, lookalikes=lookalikes)
     path = guard.save(args.out)
     print_json({"out": str(path), **guard.summary()})
@@ -199,17 +189,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
 
     lm = load_model(args)
     attacked = load(args.attacked) if args.attacked else None
-    cfg = EvalConfig(
-        quick=args.quick,
-        seed=args.seed,
-        use_shared=not args.builtin_only,
-        method=args.method,
-        seeds=args.seeds,
-        n_gcg=args.gcg,
-        n_train_suffixed=args.train_suffixed,
-        lookalike_weight=args.lookalike_weight,
-        gcg_steps=args.gcg_steps,
-    )
+    cfg = config_from_args(EvalConfig, args, use_shared=False if args.builtin_only else None)
     out = Path(args.out)
     table = evaluate_guards(
         lm,
@@ -268,6 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``guard`` (fit, check, chat, eval) and ``serve`` to the top-level subparsers."""
+    from latentguard.experiments.guard_eval.config import EvalConfig
+    from latentguard.guard.fit import GuardConfig
     from latentguard.guard.types import POLICIES
 
     guard = sub.add_parser("guard", help="Latent Guard: fit, check, chat, eval").add_subparsers(
@@ -278,38 +260,12 @@ def register(sub: Any) -> None:
     p.add_argument("--harmful", default="builtin:harmful")
     p.add_argument("--harmless", default="builtin:harmless")
     p.add_argument("--out", required=True)
-    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
-    p.add_argument("--layers", default=None, help="candidate layers (default all)")
-    p.add_argument("--position", default="t_inst")
-    p.add_argument("--target-fpr", type=float, default=0.05)
-    p.add_argument(
-        "--probe-window",
-        type=int,
-        default=5,
-        help="probe: average per-layer probe logits over this many adjacent layers (1 = one layer)",
-    )
-    p.add_argument(
-        "--wrap-templates",
-        type=int,
-        default=0,
-        help="also train on N prompts per class wrapped in jailbreak templates (recommended: 160)",
-    )
-    p.add_argument(
-        "--suffix-prompts",
-        type=int,
-        default=0,
-        help="also train on N prompts per class followed by random-token suffixes (against GCG suffixes; "
-        "they train the guard but do not set its threshold)",
-    )
     p.add_argument(
         "--lookalikes",
         default=None,
         help="more harmless prompts that only look unsafe, weighted in training (e.g. builtin:xstest_like)",
     )
-    p.add_argument(
-        "--lookalike-weight", type=float, default=3.0, help="training weight of the --lookalikes prompts"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add_config_options(p, GuardConfig, skip=("progress",))
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_guard_fit)
 
@@ -348,31 +304,8 @@ def register(sub: Any) -> None:
         "--attacked", default=None, help="attacked model (e.g. 'attacked') for the robustness rows"
     )
     p.add_argument("--out", default="runs/guard-eval")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--method", choices=("auto", "centroid", "probe"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=5,
-        help="refit both activation guards with this many split seeds and report the spread (1 = off)",
-    )
-    p.add_argument(
-        "--gcg", type=int, default=8, help="harmful test prompts attacked with GCG suffixes (0: none)"
-    )
-    p.add_argument("--gcg-steps", type=int, default=20, help="GCG steps per prompt (results are cached)")
-    p.add_argument(
-        "--train-suffixed",
-        type=int,
-        default=60,
-        help="training prompts per class also given random-token suffixes (against GCG suffixes; "
-        "they train the activation guards but do not set their thresholds)",
-    )
-    p.add_argument(
-        "--lookalike-weight",
-        type=float,
-        default=3.0,
-        help="training weight of the harmless lookalikes (XSTest-style prompts) in the activation guards",
+    add_config_options(
+        p, EvalConfig, skip=("use_shared",), flags={"n_gcg": "gcg", "n_train_suffixed": "train-suffixed"}
     )
     p.add_argument("--builtin-only", action="store_true")
     p.set_defaults(func=cmd_guard_eval)
