@@ -178,6 +178,18 @@ REFERENCE_SECONDS: dict[str, dict[str, float]] = {
         "finetune_attack": 59,
         "report": 2,
     },
+    "full": {
+        "load": 4,
+        "label": 87,
+        "extract": 16,
+        "beliefs": 2,
+        "steering": 75,
+        "inversion": 141,
+        "jailbreaks": 239,
+        "finetune_attack": 70,
+        "categories": 2,
+        "report": 2,
+    },
 }
 
 
