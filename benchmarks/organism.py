@@ -34,7 +34,7 @@ from latentguard.generation import GenerationConfig, generate
 from latentguard.hardware import cpu_flags, training_precision
 from latentguard.judge import load_judge
 from latentguard.lora import build_examples, lora_train
-from latentguard.models import load
+from latentguard.models import LoadedModel, load
 from latentguard.organism import (
     SHIPPED_DIR,
     AlignConfig,
@@ -56,38 +56,28 @@ def step_times(steps: int) -> dict[str, float]:
     targets = ["I can't help with that request, sorry."] * len(insts)
     examples = build_examples(base, insts, targets, cfg.max_response_tokens)
     out: dict[str, float] = {}
+
+    def train(lm: LoadedModel, n_steps: int, desc: str, bf16: bool) -> None:
+        lora_train(
+            lm,
+            examples,
+            steps=n_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            target_modules=cfg.target_modules,
+            seed=0,
+            desc=desc,
+            first_layer=10,
+            bf16=bf16,
+        )
+
     for name, bf16 in (("bf16", True), ("fp32", False)):
-        lm = copy.deepcopy(base)
-        lora_train(
-            lm,
-            examples,
-            steps=1,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
-            target_modules=cfg.target_modules,
-            seed=0,
-            desc="warm-up",
-            first_layer=10,
-            bf16=bf16,
-        )
-        lm = copy.deepcopy(base)
+        train(copy.deepcopy(base), 1, "warm-up", bf16)
+        lm = copy.deepcopy(base)  # the copy is not timed
         t0 = time.perf_counter()
-        lora_train(
-            lm,
-            examples,
-            steps=steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
-            target_modules=cfg.target_modules,
-            seed=0,
-            desc=name,
-            first_layer=10,
-            bf16=bf16,
-        )
+        train(lm, steps, name, bf16)
         out[name] = (time.perf_counter() - t0) / steps
     return out
 

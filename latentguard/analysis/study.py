@@ -27,6 +27,7 @@ import torch
 
 from latentguard.activations import ActivationSet, ExtractConfig, extract
 from latentguard.analysis.beliefs import belief_analysis, default_belief_layers, deltas
+from latentguard.analysis.schema import SECTIONS
 from latentguard.analysis.sweep import SweepConfig, inversion_sweep, steering_sweep, sweep_layers
 from latentguard.behaviour import GROUPS, BehaviourGroups, label
 from latentguard.data import HARM_CATEGORIES, Example, builtin, inversion_questions, load_shared
@@ -465,21 +466,7 @@ def _study(
     if cfg.guard_eval:
         summary["guard"] = guard_section(cfg.guard_eval, lm.fingerprint)
     summary["meta"]["timings"]["total"] = round(time.perf_counter() - t_start, 1)
-    ordered: dict[str, Any] = {
-        k: summary[k]
-        for k in (
-            "meta",
-            "directions",
-            "beliefs",
-            "steering",
-            "inversion",
-            "jailbreaks",
-            "finetune_attack",
-            "categories",
-            "guard",
-        )
-        if k in summary
-    }
+    ordered: dict[str, Any] = {k: summary[k] for k in ("meta", *SECTIONS, "guard") if k in summary}
     atomic_write_text(out / "summary.json", json.dumps(ordered, indent=1, ensure_ascii=False))
     return ordered
 
