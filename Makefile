@@ -34,6 +34,7 @@ lint: setup
 	$(VENV)/bin/ruff check latentguard tests benchmarks
 	$(VENV)/bin/ruff format --check latentguard tests benchmarks
 	$(VENV)/bin/mypy latentguard
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/extract.py
