@@ -971,3 +971,17 @@ def test_normalisation_makes_obfuscated_prompts_score_as_the_plain_ones(llama_lm
     assert all(abs(v.score - ref.score) > 1e-4 for v in off)  # raw, they read differently
     replies = guarded_generate(llama_lm, guard, obfuscated[:1], policy="allow", max_new_tokens=2)
     assert replies[0].normalized and replies[0].score == pytest.approx(ref.score, abs=1e-5)
+
+
+def test_saturated_validation_prefers_the_middle_layers_and_warns() -> None:
+    from latentguard.guard.fit import PREFERRED_DEPTH, SATURATED_AUROC
+
+    layers = list(range(1, 11))
+    pos, neg = synthetic(60, 10, 8, signal_layers=range(10))  # every layer separates perfectly
+    for method in ("centroid", "probe"):
+        g = fit_from_activations(pos, neg, layers, GuardConfig(method=method, probe_window=3), n_layers=10)
+        assert g.metrics["val_auroc"] >= SATURATED_AUROC
+        centre = sum(g.meta["relative_depth"]) / len(g.layers)
+        assert abs(centre - PREFERRED_DEPTH) <= 0.05, (method, g.layers)  # not the shallowest tie
+        assert any("saturates" in w for w in g.meta["warnings"])
+        assert any("small data" in w for w in g.meta["warnings"])

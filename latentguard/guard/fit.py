@@ -61,11 +61,14 @@ __all__ = [
     "KIND",
     "METHODS",
     "PREFERRED_DEPTH",
+    "SATURATED_AUROC",
+    "SMALL_DATA",
     "READABLE_VERSIONS",
     "GuardConfig",
     "LatentGuard",
     "calibrated_threshold",
     "fit_from_activations",
+    "fit_warnings",
     "fit_guard",
     "train_val_split",
     "training_set_for",
@@ -73,8 +76,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Relative depth preferred when probe layers tie on validation AUROC and separation.
+#: Relative depth preferred when probe layers tie on validation AUROC and separation, and for every
+#: method when validation saturates (the middle layers hold the harmfulness belief).
 PREFERRED_DEPTH = 0.6
+#: Validation AUROC at or above which the split cannot tell layers apart (every layer "wins"):
+#: layers are then chosen nearest :data:`PREFERRED_DEPTH` instead of by the saturated score.
+SATURATED_AUROC = 0.999
+#: A probe ``layer_tolerance`` from this up asks for the cheapest (shallowest) window even when
+#: validation saturates; below it the tolerance only absorbs float noise.
+COST_TOLERANCE = 0.01
+#: Fewer training prompts per class than this gets a warning (guard.meta["warnings"]).
+SMALL_DATA = 500
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,9 @@ class GuardConfig:
         default=0.001,
         metadata={
             "help": "probe: take the shallowest layer window whose validation AUROC is within this of "
-            "the best one (the guard's forward stops at the deepest layer it reads); 0 = the best window"
+            "the best one (the guard's forward stops at the deepest layer it reads); 0 = the best window. "
+            "When validation saturates (AUROC >= 0.999) and this is below 0.01, the window nearest relative "
+            "depth 0.6 is taken instead"
         },
     )
     wrap_templates: int = field(
@@ -236,6 +250,7 @@ def _fit_centroid(
     layers: list[int],
     common: dict[str, Any],
     neg_weight: torch.Tensor | None = None,
+    depth_of: dict[int, float] | None = None,
 ) -> _Candidate:
     c_pos = train_pos.mean(0)  # [L, d]
     if neg_weight is None:
@@ -248,15 +263,22 @@ def _fit_centroid(
     )  # [n_val, L]
     layer_auc = {layer: auroc(per_layer[:, k], y_val) for k, layer in enumerate(layers)}
     csum = torch.cat([torch.zeros(per_layer.shape[0], 1, dtype=torch.float64), per_layer.cumsum(1)], dim=1)
-    best: tuple[tuple[float, float, int], int, int, np.ndarray, float] | None = None
+    windows: list[tuple[tuple[float, float, int], int, int, np.ndarray, float]] = []
     for width in range(1, len(layers) + 1):
         for start in range(0, len(layers) - width + 1):
             s = ((csum[:, start + width] - csum[:, start]) / width).numpy()
             auc = auroc(s, y_val)
-            key = (*_rank_key(auc, separation(s, y_val)), width)
-            if best is None or key > best[0]:
-                best = (key, start, width, s, auc)
-    assert best is not None
+            windows.append(((*_rank_key(auc, separation(s, y_val)), width), start, width, s, auc))
+    best = max(windows, key=lambda w: w[0])
+    if depth_of is not None and best[4] >= SATURATED_AUROC:
+        # saturated: nearest the preferred depth, then the widest window, then separation
+        def centre(w: tuple[Any, int, int, Any, float]) -> float:
+            return float(np.mean([depth_of[layers[w[1] + j]] for j in range(w[2])]))
+
+        best = max(
+            (w for w in windows if w[4] >= SATURATED_AUROC),
+            key=lambda w: (-round(abs(centre(w) - PREFERRED_DEPTH), 3), -w[2], w[0][1]),
+        )
     _, start, width, scores, auc = best
     chosen = layers[start : start + width]
     guard = LatentGuard(
@@ -312,7 +334,13 @@ def _fit_probe(
     # the forward stops at the deepest layer read: among windows within the tolerance of the best
     # validation AUROC, take the shallowest (the best one when the tolerance is 0)
     near = [w for w in windows if w[3] >= top - config.layer_tolerance]
-    if config.layer_tolerance > 0:
+    if top >= SATURATED_AUROC and config.layer_tolerance < COST_TOLERANCE:
+        # saturated: every window separates the split; take the one nearest the preferred depth
+        # (a tolerance of COST_TOLERANCE or more asks for the cheapest window: that rule stays)
+        _, start, scores, auc = max(
+            (w for w in windows if w[3] >= SATURATED_AUROC), key=lambda w: (w[0][2], w[0][1])
+        )
+    elif config.layer_tolerance > 0:
         _, start, scores, auc = min(near, key=lambda w: w[1])
     else:
         _, start, scores, auc = max(near, key=lambda w: w[0])
@@ -444,7 +472,9 @@ def fit_from_activations(
     methods = METHODS if cfg.method == "auto" else (cfg.method,)
     cands: dict[str, _Candidate] = {}
     if "centroid" in methods:
-        cands["centroid"] = _fit_centroid(pos[tr_pos], neg[tr_neg], val, y_val, layers, common, w_tr)
+        cands["centroid"] = _fit_centroid(
+            pos[tr_pos], neg[tr_neg], val, y_val, layers, common, w_tr, depth_of
+        )
     if "probe" in methods:
         cands["probe"] = _fit_probe(pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, cfg, common, w_tr)
     if len(cands) == 2:
@@ -473,8 +503,12 @@ def fit_from_activations(
         "n_val_harmless": len(va_neg),
         "candidates": {name: {"val_auroc": c.auroc, "layers": c.guard.layers} for name, c in cands.items()},
     }
+    warnings = fit_warnings(best.auroc, len(tr_pos) + len(va_pos), len(tr_neg) + len(va_neg))
+    for w in warnings:
+        logger.warning("guard fit: %s", w)
     guard.meta = {
         "config": asdict(cfg),
+        "warnings": warnings,
         "candidate_layers": layers,
         "n_layers": n_layers,
         "layer_val_auroc": {name: c.layer_auroc for name, c in cands.items()},
@@ -492,6 +526,23 @@ def fit_from_activations(
         guard.threshold,
     )
     return guard
+
+
+def fit_warnings(val_auroc: float, n_harmful: int, n_harmless: int) -> list[str]:
+    """What a user should know about a fit: saturated validation, small data (and what was done)."""
+    out = []
+    if val_auroc >= SATURATED_AUROC:
+        out.append(
+            f"validation AUROC {val_auroc:.4f} saturates: the split cannot tell layers apart (one source per "
+            f"class, or one style?), so the layers nearest relative depth {PREFERRED_DEPTH} were chosen; "
+            "give more varied data (several sources, questions and commands) for a guard that generalises"
+        )
+    if min(n_harmful, n_harmless) < SMALL_DATA:
+        out.append(
+            f"small data: {n_harmful} harmful / {n_harmless} harmless prompts (fewer than {SMALL_DATA} per "
+            "class); expect lower recall on phrasings the data does not cover"
+        )
+    return out
 
 
 def training_set_for(
