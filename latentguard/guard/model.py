@@ -210,7 +210,7 @@ class LatentGuard:
         return bool(score > self.threshold)
 
     def summary(self) -> dict[str, Any]:
-        """A small JSON-friendly description (method, layers, threshold, key metrics)."""
+        """A small JSON-friendly description (method, layers, threshold, key metrics, fit warnings)."""
         keys = ("val_auroc", "tpr_at_1fpr", "tpr_at_5fpr", "val_fpr", "val_tpr")
         return {
             "method": self.method,
@@ -220,6 +220,7 @@ class LatentGuard:
             "fingerprint": self.fingerprint,
             "model": self.model,
             **{k: self.metrics[k] for k in keys if k in self.metrics},
+            **({"warnings": list(self.meta["warnings"])} if self.meta.get("warnings") else {}),
         }
 
     def _tensors(self) -> dict[str, torch.Tensor]:
