@@ -242,7 +242,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refusal_direction=direction,
         normalize=not args.no_normalize,
     )
-    run(backend, ServeConfig(host=args.host, port=args.port, token=token))
+    config = ServeConfig(
+        host=args.host, port=args.port, token=token, served_model_name=args.served_model_name
+    )
+    run(backend, config)
     return 0
 
 
@@ -315,5 +318,10 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token-file", default=None, help="file holding the bearer token")
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model id listed by GET /v1/models (default: the model spec)",
+    )
     p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
     p.set_defaults(func=cmd_serve)

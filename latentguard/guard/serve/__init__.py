@@ -5,6 +5,9 @@ This package serves any object that implements :class:`GuardBackend` over a smal
 * ``POST /v1/classify``: is each prompt harmful, according to the model's own hidden states?
 * ``POST /v1/generate``: generate a response for each prompt under a guard policy
   (``block``, ``flag`` or ``allow``).
+* ``GET /v1/models`` (OpenAI's model list), ``POST /beta/litellm_basic_guardrail_api`` (LiteLLM's generic
+  guardrail API), ``POST /analyze/prompt`` and ``POST /scan/prompt`` (LLM Guard's API): the guard in
+  other services' wire formats (:mod:`~latentguard.guard.serve.compat`).
 * ``GET /healthz`` (liveness), ``GET /readyz`` (readiness plus backend info) and ``GET /metrics``
   (Prometheus text format).
 
@@ -20,13 +23,16 @@ Design notes:
   batch is retried in halves so that one poisoned prompt cannot make other clients' prompts fail.
 * **Bad input never gets a 5xx.** Limits are enforced before the backend sees anything, every error is a
   JSON ``{"error": ...}`` body, and 503 is used only for timeouts and for a service that is not running.
-* **Optional bearer token** for ``/v1/*`` and ``/metrics``; ``/healthz`` and ``/readyz`` stay open.
+* **Optional bearer token** for ``/v1/*``, ``/metrics`` and the compatible routes; ``/healthz`` and
+  ``/readyz`` stay open.
 
 Modules, one idea each:
 
 * :mod:`~latentguard.guard.serve.app`: :func:`create_app` (lifespan and routes) and :func:`run`.
 * :mod:`~latentguard.guard.serve.config`: :class:`ServeConfig` and :func:`read_token_file`.
 * :mod:`~latentguard.guard.serve.schemas`: the pydantic request and response models.
+* :mod:`~latentguard.guard.serve.compat`: the OpenAI, LiteLLM and LLM Guard compatible routes;
+  :mod:`~latentguard.guard.serve.compat_schemas`: their pydantic models.
 * :mod:`~latentguard.guard.serve.errors`: JSON error responses and exception handlers.
 * :mod:`~latentguard.guard.serve.backend`: the :class:`GuardBackend` protocol and fail-closed calls.
 * :mod:`~latentguard.guard.serve.batcher`: the classify micro-batcher.

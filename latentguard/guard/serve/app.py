@@ -1,4 +1,7 @@
-"""The FastAPI app (:func:`create_app`: lifespan, routes) and :func:`run`, which serves it with uvicorn."""
+"""The FastAPI app (:func:`create_app`: lifespan, routes) and :func:`run`, which serves it with uvicorn.
+
+The OpenAI, LiteLLM and LLM Guard compatible routes are registered from :mod:`~latentguard.guard.serve.compat`.
+"""
 
 import asyncio
 import contextlib
@@ -20,6 +23,7 @@ from fastapi.responses import Response
 from latentguard.guard.serve.auth import token_dependency
 from latentguard.guard.serve.backend import GuardBackend, generate_checked
 from latentguard.guard.serve.batcher import ClassifyBatcher
+from latentguard.guard.serve.compat import add_compat_routes
 from latentguard.guard.serve.config import DEFAULT_MAX_NEW_TOKENS, ServeConfig
 from latentguard.guard.serve.errors import (
     ApiError,
@@ -40,6 +44,7 @@ from latentguard.guard.serve.schemas import (
     ReadyResponse,
     error_responses,
 )
+from latentguard.guard.types import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +170,19 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         metrics.count_error("timeout")
         return ApiError(503, f"request timed out after {config.request_timeout_s:g} s")
 
+    async def classify_checked(prompts: list[str]) -> list[Verdict]:
+        """Classify prompts through the batcher: the limits, the timeout and the metrics of classify."""
+        prompts = _check_prompts(prompts, config)
+        batcher = state.batcher
+        if batcher is None or not batcher.running:
+            raise ServiceUnavailable("the guard is not running")
+        try:
+            results = await asyncio.wait_for(batcher.classify(prompts), timeout=config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise timed_out() from None
+        metrics.observe_results("classify", results)
+        return results
+
     # ---- endpoints -------------------------------------------------------------------------------------
 
     @app.post(
@@ -177,15 +195,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
     )
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         """Classify prompts; a prompt on which the guard fails is reported harmful (fail closed)."""
-        prompts = _check_prompts(body.prompts, config)
-        batcher = state.batcher
-        if batcher is None or not batcher.running:
-            raise ServiceUnavailable("the guard is not running")
-        try:
-            results = await asyncio.wait_for(batcher.classify(prompts), timeout=config.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise timed_out() from None
-        metrics.observe_results("classify", results)
+        results = await classify_checked(body.prompts)
         return ClassifyResponse(results=[ClassifyItem.from_result(r) for r in results])
 
     @app.post(
@@ -264,6 +274,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         """Render the metrics in the Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    add_compat_routes(app, backend, config, classify=classify_checked, require_token=require_token)
     return app
 
 

@@ -1,6 +1,7 @@
 """Bearer-token checking, in one place: token syntax, protected paths and ``Authorization`` headers.
 
-When the service has a token, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``;
+When the service has a token, ``/v1/*``, ``/metrics`` and the compatible guardrail APIs (``/beta/*``,
+``/analyze/*``, ``/scan/*``) need ``Authorization: Bearer <token>``;
 ``/healthz``, ``/readyz`` and the OpenAPI pages stay open. The middleware
 (:mod:`latentguard.guard.serve.middleware`) rejects a request before its body is read;
 :func:`token_dependency` repeats the same check on the routes (and documents the scheme in OpenAPI).
@@ -16,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from latentguard.guard.serve.errors import ApiError, GuardJSONResponse, error_response
 
 __all__ = [
+    "PROTECTED_PREFIXES",
     "UNAUTHORIZED_MESSAGE",
     "authorization_ok",
     "check_token",
@@ -27,6 +29,9 @@ __all__ = [
 #: The ``error`` of a 401 response.
 UNAUTHORIZED_MESSAGE = "missing or invalid bearer token"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+#: Paths that need the token (with everything below them): the JSON API, the metrics, and the LiteLLM
+#: (``/beta/...``) and LLM Guard (``/analyze/...``, ``/scan/...``) compatible APIs.
+PROTECTED_PREFIXES = ("/v1", "/metrics", "/beta", "/analyze", "/scan")
 
 
 def check_token(token: str) -> None:
@@ -51,9 +56,10 @@ def is_protected(path: str) -> bool:
         path: The request path.
 
     Returns:
-        True for ``/v1``, ``/v1/*``, ``/metrics`` and ``/metrics/*``.
+        True for :data:`PROTECTED_PREFIXES` (``/v1``, ``/metrics``, ``/beta``, ``/analyze``, ``/scan``) and
+        every path below them.
     """
-    return path.startswith("/v1/") or path == "/v1" or path == "/metrics" or path.startswith("/metrics/")
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTECTED_PREFIXES)
 
 
 def authorization_ok(header: str | None, token: str) -> bool:

@@ -35,7 +35,8 @@ class ServeConfig:
         default=None,
         repr=False,  # keep the secret out of logs
         metadata={
-            "help": "If set, /v1/* and /metrics require 'Authorization: Bearer <token>'. "
+            "help": "If set, /v1/*, /metrics and the compatible APIs (/beta/*, /analyze/*, /scan/*) require "
+            "'Authorization: Bearer <token>'. "
             "Prefer reading it from a file (see read_token_file) over the command line."
         },
     )
@@ -56,6 +57,13 @@ class ServeConfig:
     request_timeout_s: float = field(
         default=60.0,
         metadata={"help": "Per-request limit on waiting for the backend, in seconds (503 when exceeded)."},
+    )
+    served_model_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model id listed by GET /v1/models (default: the backend's model spec, from its info's "
+            "'model', else 'latentguard')."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -78,6 +86,8 @@ class ServeConfig:
             raise ValueError(f"request_timeout_s must be a finite number > 0, got {self.request_timeout_s}")
         if self.token is not None:
             check_token(self.token)
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise ValueError("served_model_name must not be empty or whitespace")
 
 
 class TokenFileError(ValueError):

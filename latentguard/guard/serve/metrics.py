@@ -42,7 +42,19 @@ __all__ = [
 #: Content type of ``GET /metrics`` (what :func:`prometheus_client.generate_latest` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Paths counted under their own ``endpoint`` label; every other path is counted as ``other``.
-ENDPOINTS = ("/v1/classify", "/v1/generate", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+ENDPOINTS = (
+    "/v1/classify",
+    "/v1/generate",
+    "/v1/models",
+    "/beta/litellm_basic_guardrail_api",
+    "/analyze/prompt",
+    "/scan/prompt",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+)
 _ERROR_KINDS = ("timeout", "unavailable", "internal")
 _OPS = ("classify", "generate")
 _QUANTILES = (0.5, 0.9, 0.99)
