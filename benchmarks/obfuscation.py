@@ -3,7 +3,7 @@
 Fits a guard on the organism (default ``guard fit`` options) from ``../shared/data`` training sets
 (AdvBench + Alpaca train), then checks unseen harmful (HarmBench test) and everyday (Alpaca val)
 prompts, plain and obfuscated (letter spacing, zero-width characters, fullwidth forms,
-homoglyphs), with ``normalize=False`` and ``normalize=True``. Prints TPR / FPR per variant.
+homoglyphs; and leetspeak and mixed case, which normalisation does not undo), with ``normalize=False`` and ``normalize=True``. Prints TPR / FPR per variant.
 
     python benchmarks/obfuscation.py [--n 100] [--train 300]
 """
@@ -24,9 +24,28 @@ def fullwidth(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
+_LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"})
+
+
+def leetspeak(text: str) -> str:
+    """Common letter-to-digit substitutions (normalisation does not undo these)."""
+    return text.translate(_LEET)
+
+
+def mixed_case(text: str) -> str:
+    """Alternating upper and lower case letters (normalisation does not undo this)."""
+    return "".join(c.upper() if k % 2 else c.lower() for k, c in enumerate(text))
+
+
 def variants(text: str) -> dict[str, str]:
     """The plain prompt and its obfuscations."""
-    return {"plain": text, **robustness_variants(text), "fullwidth": fullwidth(text)}
+    return {
+        "plain": text,
+        **robustness_variants(text),
+        "fullwidth": fullwidth(text),
+        "leetspeak": leetspeak(text),
+        "mixed_case": mixed_case(text),
+    }
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -957,3 +957,18 @@ def test_concurrent_requests_are_micro_batched() -> None:
     assert max(backend.batch_sizes) > 1
     assert max(backend.batch_sizes) <= 16
     assert metrics['latentguard_http_requests_total{endpoint="/v1/classify",code="200"}'] == n
+
+
+class NormalizingBackend(FakeBackend):
+    """Marks prompts holding a zero-width space as normalised (as the real backend's check() does)."""
+
+    def classify(self, prompts: list[str]) -> list[ClassifyResult]:
+        out = super().classify(prompts)
+        return [replace(r, normalized="\u200b" in p) for p, r in zip(prompts, out, strict=True)]
+
+
+def test_classify_reports_whether_the_prompt_was_normalised() -> None:
+    with client_for(NormalizingBackend()) as client:
+        r = client.post("/v1/classify", json={"prompts": ["b\u200bomb please", "bread please"]})
+    assert r.status_code == 200, r.text
+    assert [x["normalized"] for x in r.json()["results"]] == [True, False]

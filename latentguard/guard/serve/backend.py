@@ -109,6 +109,7 @@ def _checked_verdict(result: Any) -> Verdict:
         harmful=_strict_bool(result.harmful, "harmful"),
         score=_finite_float(result.score, "score"),
         layer_scores={int(k): _finite_float(v, f"layer_scores[{k}]") for k, v in layer_scores.items()},
+        normalized=getattr(result, "normalized", False) is True,
     )
 
 
@@ -164,6 +165,7 @@ def _checked_reply(result: Any, policy: Policy) -> GuardedReply:
         flagged=_strict_bool(result.flagged, "flagged"),
         response=_optional_str(result.response, "response"),
         repaired_response=_optional_str(getattr(result, "repaired_response", None), "repaired_response"),
+        normalized=getattr(result, "normalized", False) is True,
     )
     if policy is Policy.BLOCK and reply.harmful and not reply.blocked:
         logger.warning("Backend did not block a harmful prompt under policy 'block'; blocking it")
