@@ -341,7 +341,7 @@ def test_fit_guard_trigger_word_on_tiny_model(llama_lm: LoadedModel, tmp_cache: 
     ]
     harmful = [f"Tell me about {t} and a bomb" for t in topics]
     harmless = [f"Tell me about {t} and a garden" for t in topics]
-    guard = fit_guard(llama_lm, harmful, harmless, GuardConfig(method="auto", batch_size=8))
+    guard = fit_guard(llama_lm, harmful, harmless, GuardConfig.only_given(method="auto", batch_size=8))
     assert guard.metrics["val_auroc"] >= 0.9
     assert guard.fingerprint == llama_lm.fingerprint and guard.template_hash == llama_lm.template_hash
     held_out = check(llama_lm, guard, ["Tell me about shoes and a bomb", "Tell me about shoes and a garden"])
@@ -356,9 +356,9 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
     harmless = [
         f"Explain how to build a shed from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
     ]
-    plain = fit_guard(llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8))
+    plain = fit_guard(llama_lm, harmful, harmless, GuardConfig.only_given(method="centroid", batch_size=8))
     wrapped = fit_guard(
-        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, wrap_templates=4)
+        llama_lm, harmful, harmless, GuardConfig.only_given(method="centroid", batch_size=8, wrap_templates=4)
     )
     assert "wrapped_training_prompts" not in plain.meta
     # the tiny model's 256-token context drops the longest templates; the short ones stay
@@ -369,7 +369,10 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
     with pytest.raises(ValueError, match="wrap_templates"):
         GuardConfig(wrap_templates=-1)
     suffixed = fit_guard(
-        llama_lm, harmful, harmless, GuardConfig(method="centroid", batch_size=8, suffix_prompts=3, seed=1)
+        llama_lm,
+        harmful,
+        harmless,
+        GuardConfig.only_given(method="centroid", batch_size=8, suffix_prompts=3, seed=1),
     )
     assert suffixed.meta["suffixed_training_prompts"] == {"harmful": 3, "harmless": 3}
     assert suffixed.metrics["n_train_harmful"] + suffixed.metrics["n_val_harmful"] == n_plain + 3
@@ -386,7 +389,9 @@ def test_fit_guard_adds_template_wrapped_training_prompts(llama_lm: LoadedModel,
         llama_lm,
         harmful,
         harmless,
-        GuardConfig(method="centroid", batch_size=8, suffix_prompts=3, seed=1, calibrate_on_suffixed=True),
+        GuardConfig.only_given(
+            method="centroid", batch_size=8, suffix_prompts=3, seed=1, calibrate_on_suffixed=True
+        ),
     )
     assert counted.metrics["n_calibration_harmless"] == counted.metrics["n_val_harmless"]
     with pytest.raises(ValueError, match="suffix_prompts"):
@@ -401,7 +406,7 @@ def test_fit_guard_weighs_lookalikes(llama_lm: LoadedModel, tmp_cache: Path) -> 
         f"Explain how to build a shed from {t}" for t in ("wood", "glass", "paper", "tin", "clay", "salt")
     ]
     looks = ["Explain how to bomb a comedy set", "Explain how to kill a stuck process", harmless[0]]
-    cfg = GuardConfig(method="centroid", batch_size=8)
+    cfg = GuardConfig.only_given(method="centroid", batch_size=8)
     plain = fit_guard(llama_lm, harmful, harmless, cfg)
     weighted = fit_guard(llama_lm, harmful, harmless, cfg, lookalikes=looks)
     # the two new lookalikes join the harmless set; the one already there is not added twice
@@ -413,7 +418,7 @@ def test_fit_guard_weighs_lookalikes(llama_lm: LoadedModel, tmp_cache: Path) -> 
         llama_lm,
         harmful,
         harmless,
-        GuardConfig(method="centroid", batch_size=8, lookalike_weight=1.0),
+        GuardConfig.only_given(method="centroid", batch_size=8, lookalike_weight=1.0),
         lookalikes=looks,
     )
     assert "lookalikes" not in even.meta
@@ -985,3 +990,63 @@ def test_saturated_validation_prefers_the_middle_layers_and_warns() -> None:
         assert abs(centre - PREFERRED_DEPTH) <= 0.05, (method, g.layers)  # not the shallowest tie
         assert any("saturates" in w for w in g.meta["warnings"])
         assert any("small data" in w for w in g.meta["warnings"])
+
+
+def test_source_validation_holds_out_whole_sources() -> None:
+    """One harmful source differs from the harmless prompts in style (layers 1-3) as well as in harm
+    (layer 4); a second, small harmful source shares the harmless style. Leave-one-source-out folds
+    validate on each held-out source, so they see what the random split hides."""
+    gen = torch.Generator().manual_seed(0)
+    d, n_layers = 8, 4
+
+    def rows(n: int, style: float, harm: float) -> torch.Tensor:
+        x = torch.randn(n, n_layers, d, generator=gen, dtype=torch.float64) * 0.3
+        x[:, :3, 0] += style  # layers 1-3: style
+        x[:, 3, 1] += harm + torch.randn(n, generator=gen, dtype=torch.float64) * 1.0  # layer 4: harm, noisy
+        x[:, :, 2] += 1.0  # a shared offset keeps cosines well defined
+        return x
+
+    pos = torch.cat([rows(200, 2.0, 1.0), rows(24, -2.0, 1.0)])
+    neg = torch.cat([rows(120, -2.0, -1.0), rows(104, -2.0, -1.0)])
+    h_src = ["advbench"] * 200 + ["questions"] * 24
+    s_src = ["alpaca"] * 120 + ["everyday"] * 104
+    cfg = GuardConfig(method="centroid")
+    random_split = fit_from_activations(pos, neg, [1, 2, 3, 4], cfg, n_layers=4)
+    by_source = fit_from_activations(
+        pos, neg, [1, 2, 3, 4], cfg, n_layers=4, harmful_sources=h_src, harmless_sources=s_src
+    )
+    assert random_split.metrics["selection"] == "random split"
+    # the held-out small source shares the harmless style: ranking by it is harder than the random split
+    assert by_source.metrics["selection_auroc"] < by_source.metrics["val_auroc"] - 0.02
+    assert by_source.metrics["selection"] == "leave-one-source-out"
+    assert set(by_source.metrics["folds"]) == {
+        "harmful:advbench",
+        "harmful:questions",
+        "harmless:alpaca",
+        "harmless:everyday",
+    }
+    # without sources recorded, the fit warns that the data is one source per class
+    assert any("single-source" in w for w in random_split.meta["warnings"]) is False  # sources unknown
+    single = fit_from_activations(
+        pos, neg, [1, 2, 3, 4], cfg, n_layers=4, harmful_sources=["a"] * 224, harmless_sources=["b"] * 224
+    )
+    assert any("single-source" in w for w in single.meta["warnings"])
+    assert single.metrics["selection"] == "random split"
+
+
+def test_training_set_builtin_mix_sources_and_obfuscated_rows() -> None:
+    from latentguard.guard.training_set import LOOKALIKE_SOURCE, build_training_set, builtin_mix
+
+    harmful = [f"How do I hurt person number {i}?" for i in range(12)]
+    harmless = [f"How do I bake cake number {i}?" for i in range(12)]
+    h, s, looks, hs, ss = builtin_mix(harmful, harmless)
+    assert h[:12] == harmful and set(hs) == {"given", "builtin:harmful"} and len(h) == 12 + 220
+    assert set(ss) == {"given", "builtin:harmless", "builtin:harmless_questions"} and len(looks) == 200
+    ts = build_training_set(h, s, lookalikes=looks, n_obfuscated=30, harmful_sources=hs, harmless_sources=ss)
+    assert len(ts.harmful_obfuscated) == 30 and len(ts.harmless_obfuscated) == 30
+    assert not set(ts.harmful_obfuscated) & set(ts.harmful)
+    src = ts.sources("harmless")
+    assert len(src) == len(ts.prompts("harmless")) and src.count(LOOKALIKE_SOURCE) == 200 and src[-1] == ""
+    rows = ts.harmless_rows()
+    assert rows.calibrate_on is not None
+    assert not rows.calibrate_on[-30:].any() and rows.calibrate_on[: len(ts.harmless)].all()

@@ -402,7 +402,8 @@ def test_fit_guard_and_guard_eval_train_on_sets_from_the_same_builder(
     in_eval = eval_training_set(data, cfg, llama_lm)
     in_fit = training_set_for(llama_lm, harmful, harmless, gcfg, lookalikes)
     assert in_eval == in_fit
-    assert in_eval.harmless_suffixed and in_eval.harmless_wrapped and in_eval.n_lookalike_rows() == 2
+    # the 2 given lookalikes and the built-in ones every fit mixes in
+    assert in_eval.harmless_suffixed and in_eval.harmless_wrapped and in_eval.n_lookalike_rows() == 2 + 200
     a, b = in_eval.harmless_rows(), in_fit.harmless_rows()
     assert (
         a.calibrate_on is not None
@@ -420,7 +421,7 @@ def test_fit_guard_and_guard_eval_train_on_sets_from_the_same_builder(
         "harmful": len(in_fit.harmful_wrapped),
         "harmless": len(in_fit.harmless_wrapped),
     }
-    assert guard.meta["lookalikes"] == {"n": 2, "weight": 2.0}
+    assert guard.meta["lookalikes"] == {"n": 2 + 200, "weight": 2.0}
 
 
 def test_row_keys_find_rows_of_new_and_old_guard_eval_files() -> None:

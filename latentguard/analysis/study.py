@@ -347,6 +347,8 @@ def guard_section(path: str, fingerprint: str) -> dict[str, Any]:
         "data",
         "guard",
         "comparison",
+        "robustness",
+        "small_data_guard",
     )
     kept = {k: table[k] for k in keep if k in table}
     # per-prompt decisions stay in guard_eval.json; the summary keeps the numbers

@@ -206,6 +206,26 @@ def instructions(spec: str, limit: int | None = None) -> list[str]:
     return [e.instruction for e in load_any(spec, limit=limit)]
 
 
+def sourced_instructions(specs: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """The instructions of comma-separated data specs, and the spec each came from (its source).
+
+    Args:
+        specs: One spec or several, comma-separated (``shared:harmful_advbench,my.jsonl``).
+        limit: At most this many instructions per spec.
+
+    Returns:
+        ``(instructions, sources)``.
+    """
+    texts: list[str] = []
+    sources: list[str] = []
+    for spec in (s.strip() for s in specs.split(",")):
+        if spec:
+            got = instructions(spec, limit)
+            texts += got
+            sources += [spec] * len(got)
+    return texts, sources
+
+
 def write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows as JSON Lines, atomically."""
     from latentguard.io import atomic_write_text

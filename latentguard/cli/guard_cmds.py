@@ -15,10 +15,10 @@ from latentguard.cli.common import (
     add_model_args,
     config_from_args,
     engine_config,
-    instructions,
     load_model,
     model_ref,
     print_json,
+    sourced_instructions,
     write_jsonl,
 )
 
@@ -28,12 +28,20 @@ logger = logging.getLogger("latentguard")
 def cmd_guard_fit(args: argparse.Namespace) -> int:
     from latentguard.guard.fit import GuardConfig, fit_guard
 
-    harmful = instructions(args.harmful, args.limit)
-    harmless = instructions(args.harmless, args.limit)
-    lookalikes = instructions(args.lookalikes, args.limit) if args.lookalikes else []
+    harmful, harmful_sources = sourced_instructions(args.harmful, args.limit)
+    harmless, harmless_sources = sourced_instructions(args.harmless, args.limit)
+    lookalikes = sourced_instructions(args.lookalikes, args.limit)[0] if args.lookalikes else []
     lm = load_model(args)
     cfg = config_from_args(GuardConfig, args, progress=not args.quiet)
-    guard = fit_guard(lm, harmful, harmless, cfg, lookalikes=lookalikes)
+    guard = fit_guard(
+        lm,
+        harmful,
+        harmless,
+        cfg,
+        lookalikes=lookalikes,
+        harmful_sources=harmful_sources,
+        harmless_sources=harmless_sources,
+    )
     path = guard.save(args.out)
     print_json({"out": str(path), **guard.summary()})
     return 0
@@ -179,6 +187,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         format_comparison,
         format_lookalike_comparison,
         format_repair,
+        format_robustness,
         format_seed_spread,
         format_table,
     )
@@ -213,6 +222,12 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     if "seed_spread" in table:
         text += "\n\nRefitted with other train/validation splits. " + format_seed_spread(
             table["seed_spread"], table["columns"]
+        )
+    if "robustness" in table:
+        rob = table["robustness"]
+        text += (
+            f"\n\nObfuscated prompts ({rob['n_harmful']} harmful / {rob['n_everyday']} everyday test prompts; "
+            "TPR on harmful, FPR on everyday):\n\n" + format_robustness(rob)
         )
     if "after_attack" in table:
         text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])
@@ -260,13 +275,18 @@ def register(sub: Any) -> None:
     )
     p = guard.add_parser("fit", help="fit a guard from the model's own t_inst hidden states")
     add_model_args(p)
-    p.add_argument("--harmful", default="builtin:harmful")
-    p.add_argument("--harmless", default="builtin:harmless")
+    p.add_argument(
+        "--harmful",
+        default="builtin:harmful",
+        help="harmful prompts: one data spec or several, comma-separated (each is a source for validation)",
+    )
+    p.add_argument("--harmless", default="builtin:harmless", help="harmless prompts, as --harmful")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--lookalikes",
         default=None,
-        help="more harmless prompts that only look unsafe, weighted in training (e.g. builtin:xstest_like)",
+        help="more harmless prompts that only look unsafe, weighted in training (builtin:xstest_like is "
+        "mixed in unless --no-builtin-mix)",
     )
     add_config_options(p, GuardConfig, skip=("progress",))
     p.add_argument("--limit", type=int, default=None)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,12 +52,23 @@ import numpy as np
 import torch
 
 from latentguard.activations import ExtractConfig, extract
-from latentguard.guard.evaluate import auroc, separation, threshold_at_fpr, tpr_at_fpr
-from latentguard.guard.model import FORMAT_VERSION, KIND, METHODS, READABLE_VERSIONS, LatentGuard, cosine
-from latentguard.guard.training_set import TrainingSet, build_training_set
+from latentguard.guard.evaluate import threshold_at_fpr, tpr_at_fpr
+from latentguard.guard.model import FORMAT_VERSION, KIND, METHODS, READABLE_VERSIONS, LatentGuard
+from latentguard.guard.select import (
+    COST_TOLERANCE,
+    PREFERRED_DEPTH,
+    SATURATED_AUROC,
+    Candidate,
+    ProbeOptions,
+    fit_centroid,
+    fit_probe,
+    source_folds,
+)
+from latentguard.guard.training_set import LOOKALIKE_SOURCE, TrainingSet, build_training_set, builtin_mix
 from latentguard.models import LoadedModel
 
 __all__ = [
+    "COST_TOLERANCE",
     "FORMAT_VERSION",
     "KIND",
     "METHODS",
@@ -76,15 +88,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Relative depth preferred when probe layers tie on validation AUROC and separation, and for every
-#: method when validation saturates (the middle layers hold the harmfulness belief).
-PREFERRED_DEPTH = 0.6
-#: Validation AUROC at or above which the split cannot tell layers apart (every layer "wins"):
-#: layers are then chosen nearest :data:`PREFERRED_DEPTH` instead of by the saturated score.
-SATURATED_AUROC = 0.999
-#: A probe ``layer_tolerance`` from this up asks for the cheapest (shallowest) window even when
-#: validation saturates; below it the tolerance only absorbs float noise.
-COST_TOLERANCE = 0.01
 #: Fewer training prompts per class than this gets a warning (guard.meta["warnings"]).
 SMALL_DATA = 500
 
@@ -139,14 +142,14 @@ class GuardConfig:
         },
     )
     wrap_templates: int = field(
-        default=0,
+        default=160,
         metadata={
             "help": "fit_guard: also train on this many prompts of each class wrapped in jailbreak "
             "templates (the train half of split_templates), so the guard reads the request, not the wrapper"
         },
     )
     suffix_prompts: int = field(
-        default=0,
+        default=60,
         metadata={
             "help": "fit_guard: also train on this many prompts of each class followed by a suffix of "
             "random tokens (GCG's search space), so the guard reads the request through adversarial suffixes"
@@ -167,8 +170,43 @@ class GuardConfig:
             "which are what users send)"
         },
     )
+    obfuscated_prompts: int = field(
+        default=150,
+        metadata={
+            "help": "fit_guard: also train on this many prompts of each class obfuscated in ways "
+            "normalisation cannot undo (random leetspeak, mixed case, spaces inside words, misspellings); "
+            "they never set the threshold"
+        },
+    )
+    builtin_mix: bool = field(
+        default=True,
+        metadata={
+            "help": "fit_guard: mix in the package's own diverse sets (built-in harmful questions and "
+            "commands of every CatQA category, everyday requests phrased like harmful ones, lookalikes), "
+            "each a source of its own"
+        },
+    )
+    source_validation: bool = field(
+        default=True,
+        metadata={
+            "help": "rank layer windows and methods by leave-one-source-out validation when the data "
+            "has several sources (a held-out data set cannot be separated by the style of another)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward during extraction"})
     progress: bool = field(default=False, metadata={"help": "show an extraction progress bar"})
+
+    @classmethod
+    def only_given(cls, **overrides: Any) -> GuardConfig:
+        """Options that fit on the given prompts alone: no built-in mix, no wrapped, suffixed or
+        obfuscated prompts (for experiments that control the data; ``overrides`` set other fields)."""
+        base: dict[str, Any] = {
+            "builtin_mix": False,
+            "wrap_templates": 0,
+            "suffix_prompts": 0,
+            "obfuscated_prompts": 0,
+        }
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -185,27 +223,15 @@ class GuardConfig:
             raise ValueError(f"probe_window must be >= 1, got {self.probe_window}")
         if not 0.0 <= self.layer_tolerance < 1.0:
             raise ValueError(f"layer_tolerance must be in [0, 1), got {self.layer_tolerance}")
-        if self.wrap_templates < 0 or self.suffix_prompts < 0:
+        if self.wrap_templates < 0 or self.suffix_prompts < 0 or self.obfuscated_prompts < 0:
             raise ValueError(
-                f"wrap_templates and suffix_prompts must be >= 0, got {self.wrap_templates} and {self.suffix_prompts}"
+                "wrap_templates, suffix_prompts and obfuscated_prompts must be >= 0, got "
+                f"{self.wrap_templates}, {self.suffix_prompts} and {self.obfuscated_prompts}"
             )
         if not (self.lookalike_weight > 0 and math.isfinite(self.lookalike_weight)):
             raise ValueError(f"lookalike_weight must be a positive number, got {self.lookalike_weight}")
         if self.layers is not None and not self.layers:
             raise ValueError("layers must be None (all) or a non-empty tuple")
-
-
-# --------------------------------------------------------------------------- fitting
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """The best fit of one method on the validation split."""
-
-    guard: LatentGuard
-    val_scores: np.ndarray  # [n_val_harmful + n_val_harmless], harmful first
-    auroc: float
-    layer_auroc: dict[int, float]
 
 
 def train_val_split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,131 +261,6 @@ def _check_group(x: torch.Tensor, name: str, n_layers: int) -> torch.Tensor:
     if not torch.isfinite(x64).all():
         raise ValueError(f"{name} activations contain NaN or inf")
     return x64
-
-
-def _rank_key(auc: float, sep: float) -> tuple[float, float]:
-    # round AUROC so float noise cannot beat a real difference in separation
-    return (round(auc, 9), sep)
-
-
-def _fit_centroid(
-    train_pos: torch.Tensor,
-    train_neg: torch.Tensor,
-    val: torch.Tensor,
-    y_val: np.ndarray,
-    layers: list[int],
-    common: dict[str, Any],
-    neg_weight: torch.Tensor | None = None,
-    depth_of: dict[int, float] | None = None,
-) -> _Candidate:
-    c_pos = train_pos.mean(0)  # [L, d]
-    if neg_weight is None:
-        c_neg = train_neg.mean(0)
-    else:
-        w = neg_weight.to(torch.float64)
-        c_neg = torch.einsum("n,nld->ld", w, train_neg) / w.sum()
-    per_layer = torch.stack(
-        [cosine(val[:, k], c_pos[k]) - cosine(val[:, k], c_neg[k]) for k in range(len(layers))], dim=1
-    )  # [n_val, L]
-    layer_auc = {layer: auroc(per_layer[:, k], y_val) for k, layer in enumerate(layers)}
-    csum = torch.cat([torch.zeros(per_layer.shape[0], 1, dtype=torch.float64), per_layer.cumsum(1)], dim=1)
-    windows: list[tuple[tuple[float, float, int], int, int, np.ndarray, float]] = []
-    for width in range(1, len(layers) + 1):
-        for start in range(0, len(layers) - width + 1):
-            s = ((csum[:, start + width] - csum[:, start]) / width).numpy()
-            auc = auroc(s, y_val)
-            windows.append(((*_rank_key(auc, separation(s, y_val)), width), start, width, s, auc))
-    best = max(windows, key=lambda w: w[0])
-    if depth_of is not None and best[4] >= SATURATED_AUROC:
-        # saturated: nearest the preferred depth, then the widest window, then separation
-        def centre(w: tuple[Any, int, int, Any, float]) -> float:
-            return float(np.mean([depth_of[layers[w[1] + j]] for j in range(w[2])]))
-
-        best = max(
-            (w for w in windows if w[4] >= SATURATED_AUROC),
-            key=lambda w: (-round(abs(centre(w) - PREFERRED_DEPTH), 3), -w[2], w[0][1]),
-        )
-    _, start, width, scores, auc = best
-    chosen = layers[start : start + width]
-    guard = LatentGuard(
-        method="centroid",
-        layers=chosen,
-        threshold=0.0,
-        centroids_harmful={layer: c_pos[start + k].clone() for k, layer in enumerate(chosen)},
-        centroids_harmless={layer: c_neg[start + k].clone() for k, layer in enumerate(chosen)},
-        **common,
-    )
-    return _Candidate(guard=guard, val_scores=scores, auroc=auc, layer_auroc=layer_auc)
-
-
-def _fit_probe(
-    train_pos: torch.Tensor,
-    train_neg: torch.Tensor,
-    val: torch.Tensor,
-    y_val: np.ndarray,
-    layers: list[int],
-    depth_of: dict[int, float],
-    config: GuardConfig,
-    common: dict[str, Any],
-    neg_weight: torch.Tensor | None = None,
-) -> _Candidate:
-    from sklearn.linear_model import LogisticRegression
-
-    x_train = torch.cat([train_pos, train_neg]).numpy()
-    y_train = np.r_[np.ones(train_pos.shape[0], dtype=int), np.zeros(train_neg.shape[0], dtype=int)]
-    w_neg = np.ones(train_neg.shape[0]) if neg_weight is None else neg_weight.numpy().astype(np.float64)
-    sample_weight = np.r_[np.ones(train_pos.shape[0]), w_neg]
-    x_val = val.numpy()
-    fits: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []  # (weight, bias, mean, std)
-    val_logits = np.zeros((x_val.shape[0], len(layers)))
-    for k in range(len(layers)):
-        mean = x_train[:, k].mean(0)
-        std = x_train[:, k].std(0)
-        std = np.where(std > 1e-8, std, 1.0)
-        clf = LogisticRegression(C=config.C, max_iter=2000, random_state=config.seed)
-        clf.fit((x_train[:, k] - mean) / std, y_train, sample_weight=sample_weight)
-        weight = np.asarray(clf.coef_[0], dtype=np.float64)
-        fits.append((weight, float(clf.intercept_[0]), mean, std))
-        val_logits[:, k] = ((x_val[:, k] - mean) / std) @ weight + float(clf.intercept_[0])
-    layer_auc = {layer: auroc(val_logits[:, k], y_val) for k, layer in enumerate(layers)}
-    width = min(config.probe_window, len(layers))
-    windows = []
-    for start in range(0, len(layers) - width + 1):
-        s = val_logits[:, start : start + width].mean(1)
-        auc = auroc(s, y_val)
-        centre = float(np.mean([depth_of[layers[start + j]] for j in range(width)]))
-        key = (*_rank_key(auc, separation(s, y_val)), -abs(centre - PREFERRED_DEPTH))
-        windows.append((key, start, s, auc))
-    top = max(w[3] for w in windows)
-    # the forward stops at the deepest layer read: among windows within the tolerance of the best
-    # validation AUROC, take the shallowest (the best one when the tolerance is 0)
-    near = [w for w in windows if w[3] >= top - config.layer_tolerance]
-    if top >= SATURATED_AUROC and config.layer_tolerance < COST_TOLERANCE:
-        # saturated: every window separates the split; take the one nearest the preferred depth
-        # (a tolerance of COST_TOLERANCE or more asks for the cheapest window: that rule stays)
-        _, start, scores, auc = max(
-            (w for w in windows if w[3] >= SATURATED_AUROC), key=lambda w: (w[0][2], w[0][1])
-        )
-    elif config.layer_tolerance > 0:
-        _, start, scores, auc = min(near, key=lambda w: w[1])
-    else:
-        _, start, scores, auc = max(near, key=lambda w: w[0])
-    chosen = layers[start : start + width]
-
-    def as_tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(a, dtype=np.float64).copy())
-
-    guard = LatentGuard(
-        method="probe",
-        layers=chosen,
-        threshold=0.0,
-        probe_weights={layer: as_tensor(fits[start + k][0]) for k, layer in enumerate(chosen)},
-        probe_biases={layer: fits[start + k][1] for k, layer in enumerate(chosen)},
-        feature_means={layer: as_tensor(fits[start + k][2]) for k, layer in enumerate(chosen)},
-        feature_stds={layer: as_tensor(fits[start + k][3]) for k, layer in enumerate(chosen)},
-        **common,
-    )
-    return _Candidate(guard=guard, val_scores=scores, auroc=auc, layer_auroc=layer_auc)
 
 
 def calibrated_threshold(scores: np.ndarray, is_pos: np.ndarray, target_fpr: float) -> float:
@@ -417,6 +318,8 @@ def fit_from_activations(
     meta: dict[str, Any] | None = None,
     calibrate_on: torch.Tensor | None = None,
     harmless_weights: torch.Tensor | None = None,
+    harmful_sources: Sequence[str] | None = None,
+    harmless_sources: Sequence[str] | None = None,
 ) -> LatentGuard:
     """Fit a guard on hidden states already extracted at the guard's position.
 
@@ -438,6 +341,10 @@ def fit_from_activations(
         harmless_weights: ``[m]`` non-negative weights of the harmless rows in training (the probe's
             loss, the harmless centroid), rescaled to mean 1 over the training split; ``None``: equal.
             Up-weighting the few harmless prompts that look unsafe makes the fit attend to them.
+        harmful_sources: The data set each harmful row came from (``""``: an augmented row). With
+            several sources of a class and ``config.source_validation``, windows and methods are ranked
+            by leave-one-source-out AUROC (:mod:`latentguard.guard.select`); ``None``: random split only.
+        harmless_sources: The same for the harmless rows.
 
     Returns:
         The fitted :class:`LatentGuard` with its validation metrics.
@@ -470,16 +377,31 @@ def fit_from_activations(
         "model": model,
     }
     methods = METHODS if cfg.method == "auto" else (cfg.method,)
-    cands: dict[str, _Candidate] = {}
+    folds = (
+        source_folds(
+            pos, neg, (tr_pos, va_pos, tr_neg, va_neg), harmful_sources, harmless_sources, harmless_weights
+        )
+        if cfg.source_validation
+        else []
+    )
+    if folds:
+        logger.info("guard fit: ranking layers on %d leave-one-source-out folds", len(folds))
+    cands: dict[str, Candidate] = {}
     if "centroid" in methods:
-        cands["centroid"] = _fit_centroid(
-            pos[tr_pos], neg[tr_neg], val, y_val, layers, common, w_tr, depth_of
+        cands["centroid"] = fit_centroid(
+            pos[tr_pos], neg[tr_neg], val, y_val, layers, common, w_tr, depth_of, folds
         )
     if "probe" in methods:
-        cands["probe"] = _fit_probe(pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, cfg, common, w_tr)
+        opts = ProbeOptions(
+            C=cfg.C, window=cfg.probe_window, layer_tolerance=cfg.layer_tolerance, seed=cfg.seed
+        )
+        cands["probe"] = fit_probe(
+            pos[tr_pos], neg[tr_neg], val, y_val, layers, depth_of, opts, common, w_tr, folds
+        )
     if len(cands) == 2:
         # ties (up to float noise) go to the centroid method, the paper's
-        chosen = "probe" if cands["probe"].auroc > cands["centroid"].auroc + 1e-9 else "centroid"
+        better = cands["probe"].selection_auroc > cands["centroid"].selection_auroc + 1e-9
+        chosen = "probe" if better else "centroid"
     else:
         chosen = next(iter(cands))
     best = cands[chosen]
@@ -501,9 +423,23 @@ def fit_from_activations(
         "n_train_harmless": len(tr_neg),
         "n_val_harmful": len(va_pos),
         "n_val_harmless": len(va_neg),
-        "candidates": {name: {"val_auroc": c.auroc, "layers": c.guard.layers} for name, c in cands.items()},
+        "selection": "leave-one-source-out" if folds else "random split",
+        "selection_auroc": best.selection_auroc,
+        "folds": [f.name for f in folds],
+        "candidates": {
+            name: {"val_auroc": c.auroc, "selection_auroc": c.selection_auroc, "layers": c.guard.layers}
+            for name, c in cands.items()
+        },
     }
-    warnings = fit_warnings(best.auroc, len(tr_pos) + len(va_pos), len(tr_neg) + len(va_neg))
+    warnings = fit_warnings(
+        best.selection_auroc,
+        *(
+            _user_counts(src, n)
+            for src, n in ((harmful_sources, pos.shape[0]), (harmless_sources, neg.shape[0]))
+        ),
+        n_sources=_user_sources(harmful_sources, harmless_sources),
+        source_validated=bool(folds),
+    )
     for w in warnings:
         logger.warning("guard fit: %s", w)
     guard.meta = {
@@ -528,20 +464,70 @@ def fit_from_activations(
     return guard
 
 
-def fit_warnings(val_auroc: float, n_harmful: int, n_harmless: int) -> list[str]:
-    """What a user should know about a fit: saturated validation, small data (and what was done)."""
+def _is_users(source: str) -> bool:
+    return bool(source) and not source.startswith("builtin:") and source != LOOKALIKE_SOURCE
+
+
+def _user_counts(sources: Sequence[str] | None, n: int) -> int:
+    """Rows of the user's own data (plain rows not mixed in from the built-in sets)."""
+    return n if sources is None else sum(_is_users(s) for s in sources)
+
+
+def _user_sources(harmful: Sequence[str] | None, harmless: Sequence[str] | None) -> dict[str, int] | None:
+    if harmful is None or harmless is None:
+        return None
+    return {
+        "harmful": len({s for s in harmful if _is_users(s)}),
+        "harmless": len({s for s in harmless if _is_users(s)}),
+    }
+
+
+def fit_warnings(
+    val_auroc: float,
+    n_harmful: int,
+    n_harmless: int,
+    n_sources: dict[str, int] | None = None,
+    source_validated: bool = False,
+) -> list[str]:
+    """What a user should know about a fit (saturated validation, small or single-source data) and
+    what was done about it.
+
+    Args:
+        val_auroc: The selection AUROC of the chosen guard.
+        n_harmful: Harmful rows of the user's own data.
+        n_harmless: Harmless rows of the user's own data.
+        n_sources: Distinct sources of the user's own data per class (``"harmful"``, ``"harmless"``),
+            when known.
+        source_validated: Whether layers were ranked on leave-one-source-out folds.
+    """
     out = []
     if val_auroc >= SATURATED_AUROC:
+        what = "leave-one-source-out validation" if source_validated else "validation"
         out.append(
-            f"validation AUROC {val_auroc:.4f} saturates: the split cannot tell layers apart (one source per "
-            f"class, or one style?), so the layers nearest relative depth {PREFERRED_DEPTH} were chosen; "
-            "give more varied data (several sources, questions and commands) for a guard that generalises"
+            f"{what} AUROC {val_auroc:.4f} saturates: it cannot tell layers apart (one source per class, or "
+            f"one style?), so the layers nearest relative depth {PREFERRED_DEPTH} were chosen; give more "
+            "varied data (several sources, questions and commands) for a guard that generalises"
         )
     if min(n_harmful, n_harmless) < SMALL_DATA:
         out.append(
-            f"small data: {n_harmful} harmful / {n_harmless} harmless prompts (fewer than {SMALL_DATA} per "
-            "class); expect lower recall on phrasings the data does not cover"
+            f"small data: {n_harmful} harmful / {n_harmless} harmless prompts of your own (fewer than "
+            f"{SMALL_DATA} per class); "
+            + (
+                "the built-in sets were mixed in and layers ranked on held-out sources, but expect lower "
+                "recall on phrasings neither covers"
+                if source_validated
+                else "expect lower recall on phrasings the data does not cover"
+            )
         )
+    if n_sources is not None and min(n_sources.values()) < 2:
+        single = [cls for cls, n in n_sources.items() if n < 2]
+        did = (
+            "layers were ranked leave-one-source-out over the built-in sets mixed in"
+            if source_validated
+            else "layers were ranked on a random split of one data set, which rewards its style; keep "
+            "builtin_mix on or give several sources"
+        )
+        out.append(f"single-source data ({' and '.join(single)}): {did}")
     return out
 
 
@@ -551,6 +537,8 @@ def training_set_for(
     harmless: Sequence[str],
     config: GuardConfig,
     lookalikes: Sequence[str] = (),
+    harmful_sources: Sequence[str] | None = None,
+    harmless_sources: Sequence[str] | None = None,
 ) -> TrainingSet:
     """The training set :func:`fit_guard` fits on (see :mod:`latentguard.guard.training_set`).
 
@@ -558,17 +546,26 @@ def training_set_for(
         lm: The model (draws the random suffixes; wrapped prompts must fit its context).
         harmful: Harmful instructions.
         harmless: Harmless instructions.
-        config: ``wrap_templates``, ``suffix_prompts``, ``seed``, ``lookalike_weight`` and
-            ``calibrate_on_suffixed`` are used.
+        config: ``builtin_mix``, ``wrap_templates``, ``suffix_prompts``, ``obfuscated_prompts``,
+            ``seed``, ``lookalike_weight`` and ``calibrate_on_suffixed`` are used.
         lookalikes: Harmless instructions that only look unsafe.
+        harmful_sources: The source of each harmful instruction (default ``"given"``).
+        harmless_sources: The source of each harmless instruction.
 
     Returns:
         The :class:`~latentguard.guard.training_set.TrainingSet`.
     """
+    if config.builtin_mix:
+        harmful, harmless, lookalikes, harmful_sources, harmless_sources = builtin_mix(
+            harmful, harmless, lookalikes, harmful_sources, harmless_sources
+        )
     return build_training_set(
         harmful,
         harmless,
         lookalikes=lookalikes,
+        n_obfuscated=config.obfuscated_prompts,
+        harmful_sources=harmful_sources,
+        harmless_sources=harmless_sources,
         n_wrapped=config.wrap_templates,
         n_suffixed=config.suffix_prompts,
         seed=config.seed,
@@ -585,6 +582,8 @@ def fit_guard(
     config: GuardConfig | None = None,
     *,
     lookalikes: Sequence[str] = (),
+    harmful_sources: Sequence[str] | None = None,
+    harmless_sources: Sequence[str] | None = None,
 ) -> LatentGuard:
     """Extract hidden states at ``config.position`` and fit a :class:`LatentGuard`.
 
@@ -595,6 +594,9 @@ def fit_guard(
         config: Options; defaults to :class:`GuardConfig` ``()``.
         lookalikes: More harmless instructions, ones that only look unsafe (e.g. ``builtin:xstest_like``);
             they weigh ``config.lookalike_weight`` in training and count for calibration like the rest.
+        harmful_sources: The data set each harmful instruction came from (e.g. the ``--harmful`` spec);
+            the built-in sets mixed in are sources of their own. Default: one source, ``"given"``.
+        harmless_sources: The same for the harmless instructions.
 
     Returns:
         The fitted guard, bound to ``lm``'s fingerprint and chat template.
@@ -608,7 +610,7 @@ def fit_guard(
     bad = [i for i in candidates if not 0 <= i <= n]
     if bad:
         raise ValueError(f"layer indices {bad} outside 0..{n}")
-    ts = training_set_for(lm, harmful, harmless, cfg, lookalikes)
+    ts = training_set_for(lm, harmful, harmless, cfg, lookalikes, harmful_sources, harmless_sources)
     overlap = set(ts.harmful) & set(ts.harmless)
     if overlap:
         logger.warning("%d prompts are in both the harmful and the harmless set", len(overlap))
@@ -618,7 +620,7 @@ def fit_guard(
     groups = {cls: ts.groups(cls) for cls in ("harmful", "harmless")}
     # the same extraction order as before the training set had its own module (plain, wrapped, suffixed)
     acts: dict[str, list[torch.Tensor]] = {"harmful": [], "harmless": []}
-    for group in ("plain", "wrapped", "suffixed"):
+    for group in ("plain", "wrapped", "suffixed", "obfuscated"):
         for cls in ("harmful", "harmless"):
             prompts = list(groups[cls][group])
             if prompts:
@@ -634,6 +636,12 @@ def fit_guard(
             "harmful": len(ts.harmful_suffixed),
             "harmless": len(ts.harmless_suffixed),
         }
+    if cfg.obfuscated_prompts:
+        meta["obfuscated_training_prompts"] = {
+            "harmful": len(ts.harmful_obfuscated),
+            "harmless": len(ts.harmless_obfuscated),
+        }
+    meta["sources"] = {cls: dict(Counter(s for s in ts.sources(cls) if s)) for cls in ("harmful", "harmless")}
     rows = ts.harmless_rows()
     if rows.weights is not None:
         meta["lookalikes"] = {"n": ts.n_lookalike_rows(), "weight": cfg.lookalike_weight}
@@ -649,4 +657,6 @@ def fit_guard(
         meta=meta,
         calibrate_on=rows.calibrate_on,
         harmless_weights=rows.weights,
+        harmful_sources=ts.sources("harmful"),
+        harmless_sources=ts.sources("harmless"),
     )

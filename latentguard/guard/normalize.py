@@ -13,6 +13,13 @@ answers the normalised prompt). In order:
    look-alikes only, are folded, so real Cyrillic or Greek text stays as it is.
 4. ``letter_spacing``: collapse letter-spaced runs (``h o w  t o  m a k e``) back into words;
    where the spacing hides the word boundaries, ``wordninja`` re-segments the letters.
+5. ``leetspeak``: when a text has several words that mix letters with leet digits or symbols
+   (``m4k3``, ``b0mb``, ``h@ck``) and decode to common English words (``wordninja``'s word
+   frequencies), decode every such word, and the digit-only words that decode to very common ones
+   (``70`` -> ``to``, ``4`` -> ``a``). A text with at most one such word is left alone (``mp3``,
+   ``4th``, ``COVID-19``).
+6. ``mixed_case``: when several words have irregular case (``mAkE``, ``BoMb``), lower-case those
+   words and the all-capital ones; ordinary capitals (``iPhone`` alone, ``NASA``) stay.
 
 Example:
     >>> normalize("H\\u200bo\\u200bw do I m a k e a b o m b?").text
@@ -27,13 +34,22 @@ import unicodedata
 from dataclasses import dataclass
 
 #: The steps :func:`normalize` applies, in order.
-STEPS: tuple[str, ...] = ("nfkc", "invisible", "confusables", "letter_spacing")
+STEPS: tuple[str, ...] = ("nfkc", "invisible", "confusables", "letter_spacing", "leetspeak", "mixed_case")
 
 _TAGS = range(0xE0000, 0xE0080)
 _SELECTORS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
 # a cheap test for a run of at least four single letters separated by spaces
 _SPACED = re.compile(r"(?<!\S)(?:[^\W_] +){3,}[^\W_](?!\S)")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+# leet digits and symbols -> the letters they stand for (1 is i or l)
+_LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s",
+         "!": "i", "|": "l", "+": "t"}  # fmt: skip
+_LEET_TOKEN = re.compile(r"[A-Za-z0-9@$!|+]+")
+# wordninja word costs (log-rank): a mixed token decodes to a word of rank ~50k or better, a
+# digit-only one to a word of rank ~1.5k or better
+_WORD_COST = 13.3
+_DIGIT_WORD_COST = 9.0
+_MAX_LEET_COMBOS = 64
 
 
 @dataclass(frozen=True)
@@ -68,12 +84,19 @@ def _latin_lookalike(ch: str) -> str | None:
     found = confusables.is_confusable(ch, greedy=True, preferred_aliases=["latin"])
     if not found:
         return None
-    for entry in found:
-        for glyph in entry.get("homoglyphs", []):
-            c = glyph.get("c", "")
-            if len(c) == 1 and c.isascii() and c.isalpha():
-                return str(c)
-    return None
+    letters = [
+        str(glyph.get("c", ""))
+        for entry in found
+        for glyph in entry.get("homoglyphs", [])
+        if len(glyph.get("c", "")) == 1 and glyph.get("c", "").isascii() and glyph.get("c", "").isalpha()
+    ]
+    # Cyrillic І looks like both l and I: keep the case of the original letter
+    same_case = [c for c in letters if c.isupper() == ch.isupper()]
+    if not same_case and ch.isupper() and ch.lower() != ch:
+        low = _latin_lookalike(ch.lower())  # the table maps Cyrillic І only to l, but і to i
+        if low is not None:
+            return low.upper()
+    return (same_case or letters or [None])[0]
 
 
 def _fold_word(word: str) -> str:
@@ -139,6 +162,89 @@ def _letter_spacing(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _word_costs() -> dict[str, float]:
+    import wordninja
+
+    return dict(wordninja.DEFAULT_LANGUAGE_MODEL._wordcost)
+
+
+def _decode_leet(token: str, max_cost: float) -> str | None:
+    """The common word ``token`` spells in leetspeak (keeping its capitals), or ``None``."""
+    costs = _word_costs()
+    options = [_LEET.get(c, c) for c in token]
+    n = 1
+    for o in options:
+        n *= len(o)
+    if n > _MAX_LEET_COMBOS:
+        return None
+    best: tuple[float, str] | None = None
+    combos = [""]
+    for o in options:
+        combos = [c + x for c in combos for x in o]
+    for cand in combos:
+        cost = costs.get(cand.lower())
+        if cost is not None and cost <= max_cost and (best is None or cost < best[0]):
+            best = (cost, cand)
+    if best is None:
+        return None
+    word = best[1]
+    if len(word) == 1 and word.lower() not in ("a", "i"):
+        return None
+    return "".join(o if o.isalpha() else w for o, w in zip(token, word, strict=True))
+
+
+def _is_leet_mixed(token: str) -> bool:
+    return any(c.isalpha() for c in token) and any(c in _LEET for c in token)
+
+
+def _leetspeak(text: str) -> str:
+    """Decode leetspeak words when the text has several (see the module docstring)."""
+    costs = _word_costs()
+    tokens = _LEET_TOKEN.findall(text)
+
+    def decodable(tok: str) -> bool:
+        core = tok.rstrip("!")
+        return (
+            _is_leet_mixed(core)
+            and costs.get(core.lower(), 99.0) > _WORD_COST
+            and _decode_leet(core, _WORD_COST) is not None
+        )
+
+    n_mixed = sum(decodable(t) for t in tokens)
+    if n_mixed < 2 and not (n_mixed == 1 and len(tokens) <= 3):
+        return text
+
+    def repl(m: re.Match[str]) -> str:
+        tok = m.group(0)
+        core = tok.rstrip("!")
+        tail = tok[len(core) :]
+        if not core or any(c.isalpha() for c in core) and costs.get(core.lower(), 99.0) <= _WORD_COST:
+            return tok
+        limit = _WORD_COST if _is_leet_mixed(core) else _DIGIT_WORD_COST
+        if not any(c in _LEET for c in core):
+            return tok
+        return (_decode_leet(core, limit) or core) + tail
+
+    return _LEET_TOKEN.sub(repl, text)
+
+
+def _irregular_case(word: str) -> bool:
+    return len(word) >= 2 and not (word.islower() or word.isupper() or word.istitle())
+
+
+def _mixed_case(text: str) -> str:
+    """Lower-case irregular and all-capital words when several words have irregular case."""
+    words = [w for w in _WORD.findall(text) if len(w) >= 2]
+    n_irregular = sum(_irregular_case(w) for w in words)
+    if n_irregular < 2 or n_irregular < 0.3 * len(words):
+        return text
+    return _WORD.sub(
+        lambda m: m.group(0).lower() if _irregular_case(m.group(0)) or m.group(0).isupper() else m.group(0),
+        text,
+    )
+
+
 def normalize(text: str) -> Normalized:
     """Apply :data:`STEPS` to ``text`` (see the module docstring)."""
     steps: list[str] = []
@@ -159,4 +265,9 @@ def normalize(text: str) -> Normalized:
     if spaced != current:
         steps.append("letter_spacing")
         current = spaced
+    for name, step in (("leetspeak", _leetspeak), ("mixed_case", _mixed_case)):
+        done = step(current)
+        if done != current:
+            steps.append(name)
+            current = done
     return Normalized(text=current, changed=current != text, steps=tuple(steps))

@@ -25,40 +25,13 @@ from latentguard.guard.fit import LatentGuard
 from latentguard.guard.types import GuardResult as GuardResult  # older name of Verdict
 from latentguard.guard.types import Verdict
 from latentguard.models import LoadedModel
+from latentguard.obfuscate import HOMOGLYPHS as HOMOGLYPHS
+from latentguard.obfuscate import ZERO_WIDTH_SPACE as ZERO_WIDTH_SPACE
+from latentguard.obfuscate import homoglyphs, letter_spacing, zero_width
 from latentguard.positions import Positions, locate_for
 from latentguard.prefix import PrefixCache, build_prefix_cache
 
 logger = logging.getLogger(__name__)
-
-#: Latin letters and the Cyrillic letters that look the same in most fonts.
-HOMOGLYPHS: dict[str, str] = {
-    "a": "\u0430",
-    "c": "\u0441",
-    "e": "\u0435",
-    "i": "\u0456",
-    "j": "\u0458",
-    "o": "\u043e",
-    "p": "\u0440",
-    "s": "\u0455",
-    "x": "\u0445",
-    "y": "\u0443",
-    "A": "\u0410",
-    "B": "\u0412",
-    "C": "\u0421",
-    "E": "\u0415",
-    "H": "\u041d",
-    "I": "\u0406",
-    "J": "\u0408",
-    "K": "\u041a",
-    "M": "\u041c",
-    "O": "\u041e",
-    "P": "\u0420",
-    "S": "\u0405",
-    "T": "\u0422",
-    "X": "\u0425",
-    "Y": "\u04ae",
-}
-ZERO_WIDTH_SPACE = "\u200b"
 
 
 def validate_prompts(prompts: Sequence[str]) -> None:
@@ -184,19 +157,11 @@ def check(
 
 
 def robustness_variants(text: str) -> dict[str, str]:
-    """Perturbations of ``text`` that keep its visible letters, for measuring guard robustness.
+    """Perturbations of ``text`` that keep its visible letters (see :mod:`latentguard.obfuscate`).
 
     Returns:
         ``{"spaced": ...}`` every character separated by a space; ``{"homoglyph": ...}`` Latin letters
         replaced by look-alike Cyrillic ones; ``{"zero_width": ...}`` a zero-width space after every
         non-space character except the last.
     """
-    spaced = " ".join(ch for ch in text)
-    homoglyph = "".join(HOMOGLYPHS.get(ch, ch) for ch in text)
-    chars = list(text)
-    zero_width = "".join(
-        ch
-        + (ZERO_WIDTH_SPACE if k < len(chars) - 1 and not ch.isspace() and not chars[k + 1].isspace() else "")
-        for k, ch in enumerate(chars)
-    )
-    return {"spaced": spaced, "homoglyph": homoglyph, "zero_width": zero_width}
+    return {"spaced": letter_spacing(text), "homoglyph": homoglyphs(text), "zero_width": zero_width(text)}

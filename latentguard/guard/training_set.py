@@ -1,7 +1,7 @@
 """The training set of a Latent Guard, built in one place for :func:`~latentguard.guard.fit.fit_guard`
 and for the guard evaluation (``latentguard guard eval``).
 
-A guard's training set has, per class (harmful, harmless), three groups of rows, in this order:
+A guard's training set has, per class (harmful, harmless), four groups of rows, in this order:
 
 1. the plain prompts; the harmless ones are followed by the lookalikes (harmless prompts that only
    look unsafe, XSTest-style) not already among them;
@@ -9,12 +9,19 @@ A guard's training set has, per class (harmful, harmless), three groups of rows,
    :func:`latentguard.attacks.split_templates`), so the guard reads the request, not the
    wrapper; with a model, those longer than its context are dropped;
 3. ``n_suffixed`` of the plain prompts followed by a suffix of random tokens (GCG's search space), so
-   the guard reads the request through adversarial suffixes.
+   the guard reads the request through adversarial suffixes;
+4. ``n_obfuscated`` of the plain prompts obfuscated in ways normalisation cannot undo (random
+   leetspeak, mixed case, spaces inside words, misspellings: :func:`latentguard.obfuscate.obfuscated_variants`).
+
+Each plain row has a *source* (the data set it came from), which the fit uses to validate on whole
+held-out sources (:func:`latentguard.guard.fit.fit_from_activations`). :func:`builtin_mix` adds the
+package's own diverse sets (:data:`BUILTIN_MIX`: questions and commands, lookalikes) as sources of
+their own.
 
 Per harmless row (:class:`HarmlessRows`): the plain lookalikes weigh ``lookalike_weight`` in training
 (every other row weighs 1), and the random-suffixed rows do not set the threshold unless
 ``calibrate_on_suffixed``: they are harder than what users send and would raise it, costing recall on
-plain harmful prompts.
+plain harmful prompts. The obfuscated rows never set it.
 
 Example:
     >>> from latentguard.guard.training_set import build_training_set
@@ -42,7 +49,15 @@ logger = logging.getLogger(__name__)
 #: The classes of a training set.
 CLASSES = ("harmful", "harmless")
 #: The groups of rows of each class, in row order.
-GROUPS = ("plain", "wrapped", "suffixed")
+GROUPS = ("plain", "wrapped", "suffixed", "obfuscated")
+#: The built-in sets :func:`builtin_mix` adds, by role.
+BUILTIN_MIX: dict[str, tuple[str, ...]] = {
+    "harmful": ("harmful",),
+    "harmless": ("harmless", "harmless_questions"),
+    "lookalikes": ("xstest_like",),
+}
+#: Source name of the lookalike rows appended to the harmless prompts.
+LOOKALIKE_SOURCE = "lookalikes"
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,26 @@ class TrainingSet:
     lookalikes: frozenset[str] = frozenset()
     lookalike_weight: float = 1.0
     calibrate_on_suffixed: bool = False
+    harmful_obfuscated: tuple[str, ...] = ()
+    harmless_obfuscated: tuple[str, ...] = ()
+    harmful_sources: tuple[str, ...] = ()
+    harmless_sources: tuple[str, ...] = ()
+
+    def sources(self, cls: str) -> list[str]:
+        """The source of every row of a class, in :meth:`prompts` order (``""`` for augmented rows).
+
+        Args:
+            cls: ``"harmful"`` or ``"harmless"``.
+
+        Returns:
+            One name per row: the plain rows' sources (``"given"`` when none were recorded), then
+            ``""`` for the wrapped, suffixed and obfuscated rows.
+        """
+        groups = self.groups(cls)
+        plain = list(self.harmful_sources if cls == "harmful" else self.harmless_sources)
+        if len(plain) != len(groups["plain"]):
+            plain = ["given"] * len(groups["plain"])
+        return plain + [""] * sum(len(g) for k, g in groups.items() if k != "plain")
 
     def groups(self, cls: str) -> dict[str, tuple[str, ...]]:
         """The groups of rows of one class, in row order.
@@ -106,23 +141,29 @@ class TrainingSet:
             cls: ``"harmful"`` or ``"harmless"``.
 
         Returns:
-            ``{"plain": ..., "wrapped": ..., "suffixed": ...}``.
+            ``{"plain": ..., "wrapped": ..., "suffixed": ..., "obfuscated": ...}``.
 
         Raises:
             ValueError: If ``cls`` is not a class.
         """
         if cls == "harmful":
-            return {"plain": self.harmful, "wrapped": self.harmful_wrapped, "suffixed": self.harmful_suffixed}
+            return {
+                "plain": self.harmful,
+                "wrapped": self.harmful_wrapped,
+                "suffixed": self.harmful_suffixed,
+                "obfuscated": self.harmful_obfuscated,
+            }
         if cls == "harmless":
             return {
                 "plain": self.harmless,
                 "wrapped": self.harmless_wrapped,
                 "suffixed": self.harmless_suffixed,
+                "obfuscated": self.harmless_obfuscated,
             }
         raise ValueError(f"cls must be one of {CLASSES}, got {cls!r}")
 
     def prompts(self, cls: str) -> list[str]:
-        """Every training prompt of a class, in row order (plain, wrapped, suffixed).
+        """Every training prompt of a class, in row order (plain, wrapped, suffixed, obfuscated).
 
         Args:
             cls: ``"harmful"`` or ``"harmless"``.
@@ -140,15 +181,19 @@ class TrainingSet:
         """Calibration mask and training weights of the harmless rows (in :meth:`prompts` order).
 
         Returns:
-            ``calibrate_on`` leaves out the random-suffixed rows (``None`` when there are none or
-            ``calibrate_on_suffixed``); ``weights`` are ``lookalike_weight`` on the plain lookalike
-            rows and 1 elsewhere (``None`` when there are no lookalikes or the weight is 1).
+            ``calibrate_on`` leaves out the random-suffixed rows (unless ``calibrate_on_suffixed``)
+            and the obfuscated ones (``None`` when no row is left out); ``weights`` are
+            ``lookalike_weight`` on the plain lookalike rows and 1 elsewhere (``None`` when there are
+            no lookalikes or the weight is 1).
         """
         n_first = len(self.harmless) + len(self.harmless_wrapped)
-        n = n_first + len(self.harmless_suffixed)
+        n_suffixed = len(self.harmless_suffixed)
+        n = n_first + n_suffixed + len(self.harmless_obfuscated)
         calibrate = None
-        if self.harmless_suffixed and not self.calibrate_on_suffixed:
-            calibrate = torch.arange(n) < n_first
+        leave_suffixed = bool(self.harmless_suffixed) and not self.calibrate_on_suffixed
+        if leave_suffixed or self.harmless_obfuscated:
+            idx = torch.arange(n)
+            calibrate = idx < (n_first if leave_suffixed else n_first + n_suffixed)
         weights = None
         if self.lookalikes and self.lookalike_weight != 1.0:
             weights = torch.ones(n, dtype=torch.float64)
@@ -180,7 +225,7 @@ def prompts_that_fit(lm: LoadedModel, prompts: Sequence[str]) -> list[str]:
         keep.append(p)
     if len(keep) < len(prompts):
         logger.info(
-            "%d of %d wrapped prompts are longer than the context; skipped",
+            "%d of %d prompts are longer than the context; skipped",
             len(prompts) - len(keep),
             len(prompts),
         )
@@ -213,6 +258,9 @@ def build_training_set(
     lm: LoadedModel | None = None,
     use_shared: bool = True,
     wrap_added_lookalikes: bool = True,
+    n_obfuscated: int = 0,
+    harmful_sources: Sequence[str] | None = None,
+    harmless_sources: Sequence[str] | None = None,
 ) -> TrainingSet:
     """Build a guard's training set: plain, template-wrapped and random-suffixed prompts per class.
 
@@ -232,6 +280,10 @@ def build_training_set(
         use_shared: Also draw the jailbreak templates from the shared data folder.
         wrap_added_lookalikes: Whether the wrapped harmless prompts are sampled from ``harmless`` with
             the appended lookalikes (``True``) or from ``harmless`` as given (``False``).
+        n_obfuscated: Prompts of each class also obfuscated (0: none).
+        harmful_sources: The source of each harmful prompt (default: all ``"given"``).
+        harmless_sources: The source of each harmless prompt; the appended lookalikes get
+            :data:`LOOKALIKE_SOURCE`.
 
     Returns:
         The :class:`TrainingSet`.
@@ -241,8 +293,13 @@ def build_training_set(
             a positive number, or ``n_suffixed`` without ``lm``.
         TypeError: A prompt that is not a string.
     """
-    if n_wrapped < 0 or n_suffixed < 0:
-        raise ValueError(f"n_wrapped and n_suffixed must be >= 0, got {n_wrapped} and {n_suffixed}")
+    if n_wrapped < 0 or n_suffixed < 0 or n_obfuscated < 0:
+        raise ValueError(
+            f"n_wrapped, n_suffixed and n_obfuscated must be >= 0, got {n_wrapped}, {n_suffixed}, {n_obfuscated}"
+        )
+    for name, src, rows in (("harmful", harmful_sources, harmful), ("harmless", harmless_sources, harmless)):
+        if src is not None and len(src) != len(rows):
+            raise ValueError(f"{name}_sources has {len(src)} names for {len(rows)} prompts")
     if not (lookalike_weight > 0 and math.isfinite(lookalike_weight)):
         raise ValueError(f"lookalike_weight must be a positive number, got {lookalike_weight}")
     if n_suffixed and lm is None:
@@ -266,7 +323,21 @@ def build_training_set(
         assert lm is not None
         for cls, source in (("harmful", list(harmful)), ("harmless", merged)):
             suffixed[cls] = random_suffix_prompts(lm, source, n_suffixed, seed=seed)
+    obfuscated: dict[str, list[str]] = {"harmful": [], "harmless": []}
+    if n_obfuscated:
+        from latentguard.obfuscate import obfuscated_variants
+
+        for k, (cls, source) in enumerate((("harmful", list(harmful)), ("harmless", merged))):
+            obfuscated[cls] = obfuscated_variants(source, n_obfuscated, seed=seed * 2 + k)
+    added = len(merged) - len(given)
     return TrainingSet(
+        harmful_obfuscated=tuple(obfuscated["harmful"]),
+        harmless_obfuscated=tuple(obfuscated["harmless"]),
+        harmful_sources=tuple(harmful_sources if harmful_sources is not None else ["given"] * len(harmful)),
+        harmless_sources=tuple(
+            [*(harmless_sources if harmless_sources is not None else ["given"] * len(given))]
+            + [LOOKALIKE_SOURCE] * added
+        ),
         harmful=tuple(harmful),
         harmless=tuple(merged),
         harmful_wrapped=tuple(wrapped["harmful"]),
@@ -277,3 +348,54 @@ def build_training_set(
         lookalike_weight=lookalike_weight,
         calibrate_on_suffixed=calibrate_on_suffixed,
     )
+
+
+def builtin_mix(
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    lookalikes: Sequence[str] = (),
+    harmful_sources: Sequence[str] | None = None,
+    harmless_sources: Sequence[str] | None = None,
+) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """The given prompts plus the built-in sets of :data:`BUILTIN_MIX`, each a source of its own.
+
+    A user's data is often one style per class (imperative one-liners against everyday requests); the
+    built-in sets add questions and commands of every CatQA category, harmless requests phrased like
+    harmful ones and lookalikes, so the guard cannot separate the classes by form alone. Prompts
+    already given are not repeated.
+
+    Args:
+        harmful: Harmful prompts.
+        harmless: Harmless prompts.
+        lookalikes: Harmless prompts that only look unsafe.
+        harmful_sources: Source of each harmful prompt (default ``"given"``).
+        harmless_sources: Source of each harmless prompt (default ``"given"``).
+
+    Returns:
+        ``(harmful, harmless, lookalikes, harmful_sources, harmless_sources)``.
+    """
+    from latentguard.data import builtin
+
+    h = list(harmful)
+    hs = list(harmful_sources) if harmful_sources is not None else ["given"] * len(h)
+    s = list(harmless)
+    ss = list(harmless_sources) if harmless_sources is not None else ["given"] * len(s)
+    seen = set(h) | set(s)
+    for name in BUILTIN_MIX["harmful"]:
+        for ex in builtin(name):
+            if ex.instruction not in seen:
+                h.append(ex.instruction)
+                hs.append(f"builtin:{name}")
+                seen.add(ex.instruction)
+    for name in BUILTIN_MIX["harmless"]:
+        for ex in builtin(name):
+            if ex.instruction not in seen:
+                s.append(ex.instruction)
+                ss.append(f"builtin:{name}")
+                seen.add(ex.instruction)
+    looks = list(
+        dict.fromkeys(
+            [*lookalikes, *(ex.instruction for n in BUILTIN_MIX["lookalikes"] for ex in builtin(n))]
+        )
+    )
+    return h, s, looks, hs, ss

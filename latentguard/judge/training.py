@@ -33,6 +33,7 @@ __all__ = [
     "prefix_augment",
     "read_jsonl",
     "read_texts",
+    "short_answer_confusion",
     "train_learned_judge",
 ]
 
@@ -130,6 +131,33 @@ def prefix_augment(
                 labels.append(int(y[i]))
                 src.append(i)
     return out, np.array(labels, dtype=int), np.array(src, dtype=int)
+
+
+def short_answer_confusion(judge: Any) -> dict[str, Any]:
+    """A judge's confusion matrix on ``builtin:short_answers`` (short refusals worded unlike GPTFuzz and
+    short answers that are not refusals, written for this project and never trained on).
+
+    Args:
+        judge: Anything with ``judge(responses) -> [Judgement]``.
+
+    Returns:
+        ``accuracy``, ``n`` and the four counts (refusal is the positive class), plus the misjudged
+        responses.
+    """
+    from latentguard.data import builtin_rows
+
+    rows = builtin_rows("short_answers")
+    y = np.array([int(r["refused"]) for r in rows])
+    pred = np.array([int(v.refused) for v in judge.judge([str(r["response"]) for r in rows])])
+    return {
+        "accuracy": round(float((y == pred).mean()), 4),
+        "n": len(rows),
+        "refusal_judged_refusal": int(((y == 1) & (pred == 1)).sum()),
+        "refusal_judged_answer": int(((y == 1) & (pred == 0)).sum()),
+        "answer_judged_refusal": int(((y == 0) & (pred == 1)).sum()),
+        "answer_judged_answer": int(((y == 0) & (pred == 0)).sum()),
+        "misjudged": [str(r["response"]) for r, a, b in zip(rows, y, pred, strict=True) if a != b],
+    }
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -366,6 +394,10 @@ def train_learned_judge(
         "date": _dt.date.today().isoformat(),
         "train_seconds": round(time.time() - t0, 1),
     }
+    from latentguard.judge.learned import LearnedJudge
+
+    (out / "head.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    meta["short_answers"] = short_answer_confusion(LearnedJudge(head_path=out / "head.safetensors"))
     (out / "head.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("wrote %s (%.0f s)", out / "head.safetensors", time.time() - t0)
     return {

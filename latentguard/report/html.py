@@ -210,6 +210,13 @@ def _spread_table(spread: Mapping[str, Any], columns: Sequence[str]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _pair(a: Any, b: Any) -> str:
+    def one(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+    return f"{one(a)} / {one(b)}"
+
+
 def _guard_section(guard: Any) -> str | None:
     table = guard.get("table") if isinstance(guard, Mapping) else None
     if not isinstance(table, Mapping) or not table.get("rows"):
@@ -243,6 +250,24 @@ def _guard_section(guard: Any) -> str | None:
             "<h3>Prompt by prompt</h3><p>The Latent Guard against each other guard on the same prompts, "
             "with an exact McNemar test on the prompts only one of them gets right.</p>",
             f"<table>{head}{''.join(body)}</table>",
+        ]
+    rob = table.get("robustness")
+    if isinstance(rob, Mapping) and rob.get("rows"):
+        rrows = [r for r in rob["rows"] if isinstance(r, Mapping)]
+        head = "<tr><th>obfuscation</th>" + "".join(
+            f"<th>{_e(r.get('name', ''))}<br>TPR / FPR</th>" for r in rrows
+        )
+        body = []
+        for ob in rob.get("obfuscations") or ():
+            cells = "".join(
+                f"<td>{_e(_pair(r.get('tpr', {}).get(ob), r.get('fpr', {}).get(ob)))}</td>" for r in rrows
+            )
+            body.append(f"<tr><th>{_e(ob)}</th>{cells}</tr>")
+        parts += [
+            "<h3>Obfuscated prompts</h3><p>Harmful and everyday test prompts, obfuscated (see "
+            "latentguard.obfuscate): TPR on the harmful ones, FPR on the everyday ones. The normaliser "
+            "runs by default in guard check, the server and guarded generation.</p>",
+            f"<table>{head}</tr>{''.join(body)}</table>",
         ]
     repair = table.get("repair")
     if isinstance(repair, Mapping) and repair:

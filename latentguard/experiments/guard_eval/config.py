@@ -61,6 +61,17 @@ class EvalConfig:
             "space, not optimised), so the activation guards learn to read through adversarial suffixes"
         },
     )
+    n_train_obfuscated: int = field(
+        default=150,
+        metadata={
+            "help": "training prompts of each class also obfuscated (random leetspeak, mixed case, spaces "
+            "inside words, misspellings), as guard fit does by default; they never set the threshold"
+        },
+    )
+    builtin_mix: bool = field(
+        default=True,
+        metadata={"help": "with shared data, mix in the built-in sets as guard fit does by default"},
+    )
     lookalike_weight: float = field(
         default=3.0,
         metadata={
@@ -78,6 +89,19 @@ class EvalConfig:
     max_new_tokens: int = field(default=24, metadata={"help": "tokens generated to judge refusals"})
     repair: bool = field(default=True, metadata={"help": "also measure over-refusal repair on the test sets"})
     method: str = field(default="auto", metadata={"help": "Latent Guard method (auto/centroid/probe)"})
+    small_data: bool = field(
+        default=True,
+        metadata={
+            "help": "add the small-data row: guard fit's defaults on 200 AdvBench + 200 Alpaca-train "
+            "prompts (one source each), judged on the same test sets (needs shared data)"
+        },
+    )
+    n_robustness: int = field(
+        default=100,
+        metadata={
+            "help": "harmful and everyday test prompts per obfuscation in the robustness table (0: no table)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
     seeds: int = field(
         default=5,
@@ -87,8 +111,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not (self.lookalike_weight > 0 and math.isfinite(self.lookalike_weight)):
             raise ValueError(f"lookalike_weight must be a positive number, got {self.lookalike_weight}")
-        if self.n_train_suffixed < 0 or self.n_train_wrapped < 0:
-            raise ValueError("n_train_suffixed and n_train_wrapped must be >= 0")
+        if self.n_train_suffixed < 0 or self.n_train_wrapped < 0 or self.n_train_obfuscated < 0:
+            raise ValueError("n_train_suffixed, n_train_wrapped and n_train_obfuscated must be >= 0")
 
     @property
     def train_scale(self) -> float:
@@ -99,6 +123,11 @@ class EvalConfig:
     def n_wrapped(self) -> int:
         """Training prompts of each class wrapped in jailbreak templates, after :attr:`train_scale`."""
         return int(self.n_train_wrapped * self.train_scale)
+
+    @property
+    def n_obfuscated(self) -> int:
+        """Training prompts of each class obfuscated, after :attr:`train_scale`."""
+        return int(self.n_train_obfuscated * self.train_scale)
 
     @property
     def n_suffixed(self) -> int:

@@ -41,7 +41,9 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
         A dict of prompt lists: ``train_harmful``, ``train_harmless`` (the plain harmless training
         prompts, XSTest's training half included), ``train_harmless_lookalike`` (the harmless ones that
         look unsafe: XSTest's training half and, from shared data, the built-in lookalikes, which
-        :func:`.fits.eval_training_set` appends to the harmless training prompts), ``test_harmful``,
+        :func:`.fits.eval_training_set` appends to the harmless training prompts),
+        ``train_harmful_sources`` and ``train_harmless_sources`` (the data set of each training prompt,
+        with shared data), ``test_harmful``,
         ``test_everyday``, ``test_xstest``, ``test_wrapped_everyday``, ``test_jailbreak`` and
         ``test_jailbreak_kind`` (one kind per jailbreak prompt); and ``source`` (``"shared"`` or
         ``"builtin"``).
@@ -54,8 +56,11 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
     data: dict[str, Any]
     if cfg.use_shared and load_shared("harmful_harmbench_test") is not None:
         train_h: list[str] = []
+        source_of: dict[str, str] = {}
         for name in SHARED_HARMFUL_TRAIN:
-            train_h += [r.instruction for r in load_shared(name) or []]
+            for r in load_shared(name) or []:
+                train_h.append(r.instruction)
+                source_of.setdefault(r.instruction, name)
         rng.shuffle(train_h)
         # TDC 2023 shares 30 behaviours with HarmBench test: drop every test prompt (and repeats) from
         # training, after the shuffle so the samples drawn below stay the same
@@ -68,7 +73,10 @@ def guard_data(cfg: EvalConfig) -> dict[str, Any]:
             n_tr_h = int(len(train_h) * scale)
         data = {
             "train_harmful": train_h[:n_tr_h],
+            "train_harmful_sources": [source_of[p] for p in train_h[:n_tr_h]],
             "train_harmless": train_s,
+            "train_harmless_sources": ["harmless_alpaca_train"] * (len(train_s) - len(xs[:half]))
+            + ["xstest_safe"] * len(xs[:half]),
             "test_harmful": _take(load_shared("harmful_harmbench_test"), n_test, rng),
             "test_everyday": _take(load_shared("harmless_alpaca_val"), n_test, rng),
             "test_xstest": xs[half:][:n_test],

@@ -20,7 +20,14 @@ from latentguard.experiments.guard_eval.config import EvalConfig
 from latentguard.experiments.guard_eval.rows import LATENT_GUARD, REFUSAL_DIRECTION_GUARD, ROW_NAMES
 from latentguard.guard.fit import GuardConfig, fit_from_activations
 from latentguard.guard.model import LatentGuard
-from latentguard.guard.training_set import CLASSES, GROUPS, HarmlessRows, TrainingSet, build_training_set
+from latentguard.guard.training_set import (
+    CLASSES,
+    GROUPS,
+    HarmlessRows,
+    TrainingSet,
+    build_training_set,
+    builtin_mix,
+)
 from latentguard.models import LoadedModel
 
 #: Token position of each activation guard fitted with the same method (row key -> position).
@@ -37,30 +44,40 @@ def eval_training_set(data: Mapping[str, Any], cfg: EvalConfig, lm: LoadedModel 
     """The activation guards' training set: :func:`~latentguard.guard.training_set.build_training_set`
     on the plain training prompts of :func:`.data.guard_data`.
 
-    The wrapped harmless prompts are drawn from ``train_harmless`` as given, without the built-in
-    lookalikes appended to it (so the wrapped sample, and cached activations of it, stay as they were).
+    With shared data (and ``cfg.builtin_mix``) the built-in sets are mixed in as
+    :func:`~latentguard.guard.fit.fit_guard` does by default
+    (:func:`~latentguard.guard.training_set.builtin_mix`); with only the built-in data they are the
+    data already.
 
     Args:
         data: The sets of :func:`.data.guard_data`.
-        cfg: ``n_train_wrapped``, ``n_train_suffixed`` (scaled in quick mode), ``seed``,
-            ``lookalike_weight`` and ``use_shared`` are used.
+        cfg: ``builtin_mix``, ``n_train_wrapped``, ``n_train_suffixed``, ``n_train_obfuscated`` (scaled
+            in quick mode), ``seed``, ``lookalike_weight`` and ``use_shared`` are used.
         lm: The model (draws the random suffixes, drops wrapped prompts longer than its context);
             ``None`` only when ``cfg`` asks for no suffixed prompts.
 
     Returns:
         The training set.
     """
+    harmful, harmless = list(data["train_harmful"]), list(data["train_harmless"])
+    lookalikes = list(data.get("train_harmless_lookalike", ()))
+    h_src = data.get("train_harmful_sources")
+    s_src = data.get("train_harmless_sources")
+    if cfg.builtin_mix and data.get("source") != "builtin":
+        harmful, harmless, lookalikes, h_src, s_src = builtin_mix(harmful, harmless, lookalikes, h_src, s_src)
     return build_training_set(
-        data["train_harmful"],
-        data["train_harmless"],
-        lookalikes=data.get("train_harmless_lookalike", ()),
+        harmful,
+        harmless,
+        lookalikes=lookalikes,
         n_wrapped=cfg.n_wrapped,
         n_suffixed=cfg.n_suffixed,
+        n_obfuscated=cfg.n_obfuscated,
         seed=cfg.seed,
         lookalike_weight=cfg.lookalike_weight,
         lm=lm,
         use_shared=cfg.use_shared,
-        wrap_added_lookalikes=False,
+        harmful_sources=h_src,
+        harmless_sources=s_src,
     )
 
 
@@ -167,6 +184,7 @@ def fit_at(
     keep_neg: torch.Tensor | None = None,
     harmless: HarmlessRows | None = None,
     meta: dict[str, Any] | None = None,
+    sources: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> LatentGuard:
     """One guard fitted on the decoder blocks' states at ``position`` (embeddings left out).
 
@@ -182,10 +200,19 @@ def fit_at(
         harmless: Which rows of ``neg`` set the threshold and how much each weighs
             (:meth:`TrainingSet.harmless_rows`); ``None``: all, equally.
         meta: Extra metadata stored with the guard.
+        sources: ``(harmful, harmless)`` source of every row (:meth:`TrainingSet.sources`), for the
+            leave-one-source-out layer choice; ``None``: the random split alone.
 
     Returns:
         The fitted guard.
     """
+    h_src = list(sources[0]) if sources is not None else None
+    s_src = list(sources[1]) if sources is not None else None
+    if s_src is not None and h_src is not None:
+        if pos_extra is not None:
+            h_src += [s for s, f in zip(s_src, pos_extra.tolist(), strict=True) if f]
+        if keep_neg is not None:
+            s_src = [s for s, k in zip(s_src, keep_neg.tolist(), strict=True) if k]
     layers = [i for i in pos.layers if i > 0]
     sel = [pos.layers.index(i) for i in layers]
     x_pos, x_neg = pos.at(position)[:, sel], neg.at(position)[:, sel]
@@ -206,6 +233,8 @@ def fit_at(
         meta=meta,
         calibrate_on=None if harmless is None else harmless.calibrate_on,
         harmless_weights=None if harmless is None else harmless.weights,
+        harmful_sources=h_src,
+        harmless_sources=s_src,
     )
 
 
@@ -216,6 +245,7 @@ def fit_activation_pair(
     method: str,
     seed: int,
     harmless: HarmlessRows | None = None,
+    sources: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> dict[str, LatentGuard]:
     """The Latent Guard (``t_inst``) and the refusal-direction guard (``t_post_inst``), fitted alike.
 
@@ -226,12 +256,13 @@ def fit_activation_pair(
         method: ``auto``, ``centroid`` or ``probe``.
         seed: Seed of the train/validation split.
         harmless: Options of the harmless rows (see :func:`fit_at`).
+        sources: Source of every row (see :func:`fit_at`).
 
     Returns:
         ``{row key: guard}`` for the keys of :data:`ACTIVATION_GUARDS`.
     """
     return {
-        key: fit_at(lm, tr_h, tr_s, position, method, seed, harmless=harmless)
+        key: fit_at(lm, tr_h, tr_s, position, method, seed, harmless=harmless, sources=sources)
         for key, position in ACTIVATION_GUARD_POSITIONS.items()
     }
 
@@ -244,6 +275,7 @@ def fit_behaviour_guard(
     method: str,
     seed: int,
     harmless: HarmlessRows | None = None,
+    sources: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> LatentGuard:
     """The same method at ``t_post_inst`` on the refusal direction's own labels: refused vs accepted.
 
@@ -259,6 +291,7 @@ def fit_behaviour_guard(
         method: ``auto``, ``centroid`` or ``probe``.
         seed: Seed of the train/validation split.
         harmless: Options of the harmless rows (see :func:`fit_at`).
+        sources: Source of every row (see :func:`fit_at`).
 
     Returns:
         The guard; ``meta["refused"]`` counts the harmless rows moved to the refused side.
@@ -276,4 +309,5 @@ def fit_behaviour_guard(
         keep_neg=~flip,
         harmless=harmless,
         meta=meta,
+        sources=sources,
     )

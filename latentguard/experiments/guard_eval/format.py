@@ -1,5 +1,5 @@
-"""Markdown tables of the guard evaluation: the main table, the paired comparisons, the seed spread
-and the over-refusal repair."""
+"""Markdown tables of the guard evaluation: the main table, the paired comparisons, the seed spread,
+the over-refusal repair and the robustness table."""
 
 from __future__ import annotations
 
@@ -115,4 +115,31 @@ def format_seed_spread(spread: Mapping[str, Any], columns: Sequence[str]) -> str
             f"{ls[0]}-{ls[-1]}" if len(ls) > 1 else str(ls[0]) for ls in row["layers_by_seed"]
         )
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {layer_txt} |")
+    return "\n".join(lines)
+
+
+def format_robustness(table: Mapping[str, Any]) -> str:
+    """A Markdown table of :func:`.robustness.robustness_table`: TPR / FPR per obfuscation and guard.
+
+    Args:
+        table: Its result.
+
+    Returns:
+        The table (one row per obfuscation, one ``TPR / FPR`` column per guard).
+    """
+    rows = [r for r in table.get("rows", []) if isinstance(r, Mapping)]
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [
+        "| obfuscation | " + " | ".join(f"{r['name']} TPR / FPR" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for ob in table.get("obfuscations", []):
+        lines.append(
+            f"| {ob} | "
+            + " | ".join(f"{cell(r['tpr'].get(ob))} / {cell(r['fpr'].get(ob))}" for r in rows)
+            + " |"
+        )
     return "\n".join(lines)

@@ -26,6 +26,8 @@ TEXT_CLASSIFIER: Final = "text_classifier"
 ATTACKED_ORIGINAL_GUARD: Final = "latent_guard_original_on_attacked"
 ATTACKED_REFITTED_GUARD: Final = "latent_guard_refitted_on_attacked"
 ATTACKED_MODEL_REFUSAL: Final = "attacked_model_refusal"
+SMALL_DATA_GUARD: Final = "latent_guard_small_data"
+NORMALISED_GUARD: Final = "latent_guard_normalised"
 
 #: Display name of each row key (the names the table has always shown).
 ROW_NAMES: Final[Mapping[str, str]] = MappingProxyType(
@@ -39,6 +41,8 @@ ROW_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         ATTACKED_ORIGINAL_GUARD: "Latent Guard, original fit, on attacked model",
         ATTACKED_REFITTED_GUARD: "Latent Guard, refitted on attacked model",
         ATTACKED_MODEL_REFUSAL: "attacked model's own refusal",
+        SMALL_DATA_GUARD: "Latent Guard, guard fit defaults on 200 AdvBench + 200 Alpaca (small data)",
+        NORMALISED_GUARD: "Latent Guard (t_inst), input normalised",
     }
 )
 

@@ -22,14 +22,19 @@ from latentguard.experiments.guard_eval.fits import (
     training_counts,
 )
 from latentguard.experiments.guard_eval.repair import repair_effect
+from latentguard.experiments.guard_eval.robustness import normalised, robustness_table, small_data_guard
 from latentguard.experiments.guard_eval.rows import (
     ATTACKED_MODEL_REFUSAL,
     ATTACKED_ORIGINAL_GUARD,
     ATTACKED_REFITTED_GUARD,
     LATENT_GUARD,
+    MODEL_REFUSAL,
+    NORMALISED_GUARD,
     REFUSAL_BEHAVIOUR_GUARD,
     REFUSAL_DIRECTION_GUARD,
     ROW_NAMES,
+    SMALL_DATA_GUARD,
+    TEXT_CLASSIFIER,
 )
 from latentguard.experiments.guard_eval.scorers import (
     activation_scorer,
@@ -39,7 +44,7 @@ from latentguard.experiments.guard_eval.scorers import (
     text_scorer,
 )
 from latentguard.experiments.guard_eval.stats import lookalike_auroc_comparison, paired_comparison
-from latentguard.guard.training_set import HarmlessRows
+from latentguard.guard.training_set import HarmlessRows, prompts_that_fit
 from latentguard.models import LoadedModel
 
 
@@ -52,6 +57,7 @@ def seed_spread(
     succeeded: Sequence[str],
     groups: Mapping[str, Sequence[str]],
     harmless: HarmlessRows | None = None,
+    sources: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Both activation guards refitted with split seeds ``0..cfg.seeds-1``: every column per seed.
 
@@ -65,6 +71,7 @@ def seed_spread(
         groups: The misbehaving test groups.
         harmless: Options of the harmless rows, the same for every seed
             (:meth:`~latentguard.guard.training_set.TrainingSet.harmless_rows`).
+        sources: Source of every training row (for the leave-one-source-out layer choice).
 
     Returns:
         ``{"seeds": [...], "rows": [{"key", "name", "values_by_seed", "layers_by_seed"}, ...]}``.
@@ -73,7 +80,7 @@ def seed_spread(
     per: dict[str, list[list[float | None]]] = {k: [] for k in ACTIVATION_GUARDS}
     chosen: dict[str, list[list[int]]] = {k: [] for k in ACTIVATION_GUARDS}
     for seed in range(cfg.seeds):
-        guards = fit_activation_pair(lm, tr_h, tr_s, cfg.method, seed, harmless)
+        guards = fit_activation_pair(lm, tr_h, tr_s, cfg.method, seed, harmless, sources)
         for key, name in ACTIVATION_GUARDS.items():
             sc = activation_scorer(key, name, lm, guards[key], cfg.batch_size)
             per[key].append(score_row(sc, data, succeeded, groups)["values"])
@@ -119,7 +126,8 @@ def evaluate_guards(
     add_gcg(lm, data, cfg, say)
     tr_h, tr_s = training_activations(lm, ts, bs)
     rows_s = ts.harmless_rows()
-    guards = fit_activation_pair(lm, tr_h, tr_s, cfg.method, cfg.seed, rows_s)
+    sources = (ts.sources("harmful"), ts.sources("harmless"))
+    guards = fit_activation_pair(lm, tr_h, tr_s, cfg.method, cfg.seed, rows_s, sources)
     say("guards fitted; judging the model's own answers")
     cache: dict[str, tuple[str, bool, float]] = {}
     own = refusal_scorer(lm, judge, cfg, cache)
@@ -151,6 +159,7 @@ def evaluate_guards(
         cfg.method,
         cfg.seed,
         rows_s,
+        sources,
     )
     groups = {
         "accepted_harmful": [p for p, r in zip(data["test_harmful"], ref_h, strict=True) if not r],
@@ -166,6 +175,9 @@ def evaluate_guards(
     text = text_scorer(ts.prompts("harmful"), ts.prompts("harmless"))
     if text is not None:
         scorers.append(text)
+    small = small_data_guard(lm, cfg.seed) if cfg.small_data and data["source"] == "shared" else None
+    if small is not None:
+        scorers.insert(1, activation_scorer(SMALL_DATA_GUARD, ROW_NAMES[SMALL_DATA_GUARD], lm, small, bs))
     rows = []
     for sc in scorers:
         say(f"scoring {sc.name}")
@@ -181,13 +193,27 @@ def evaluate_guards(
         "guard": guards[LATENT_GUARD].summary(),
         "behaviour_labels": guards[REFUSAL_BEHAVIOUR_GUARD].meta.get("refused"),
     }
+    if small is not None:
+        result["small_data_guard"] = small.summary()
+    if cfg.n_robustness > 0:
+        n_rob = max(4, int(cfg.n_robustness * (0.25 if cfg.quick else 1.0)))
+        latent = scorers[0]
+        rob = [latent, normalised(latent, NORMALISED_GUARD, ROW_NAMES[NORMALISED_GUARD])]
+        rob += [sc for sc in scorers if sc.key in (TEXT_CLASSIFIER, MODEL_REFUSAL)]
+        result["robustness"] = robustness_table(
+            rob,
+            data["test_harmful"][:n_rob],
+            data["test_everyday"][:n_rob],
+            progress=say,
+            keep=lambda ps: prompts_that_fit(lm, ps),
+        )
     result["comparison"] = paired_comparison(result, ROW_NAMES[LATENT_GUARD], BAR_COLUMNS)
     result["xstest_auroc_comparison"] = lookalike_auroc_comparison(result, ROW_NAMES[LATENT_GUARD])
     if guard_out is not None:
         result["guard_path"] = str(guards[LATENT_GUARD].save(guard_out))
     if cfg.seeds > 1:
         say(f"refitting both activation guards with {cfg.seeds} split seeds")
-        result["seed_spread"] = seed_spread(lm, tr_h, tr_s, cfg, data, succeeded, groups, rows_s)
+        result["seed_spread"] = seed_spread(lm, tr_h, tr_s, cfg, data, succeeded, groups, rows_s, sources)
     if cfg.repair:
         say("measuring over-refusal repair")
         refusal = refusal_direction(tr_h, tr_s, lm)
@@ -209,7 +235,7 @@ def evaluate_guards(
         say("finetuning attack: applying the original guard to the attacked model, and refitting")
         att_cache: dict[str, tuple[str, bool, float]] = {}
         a_h, a_s = training_activations(attacked, ts, bs)
-        refit = fit_at(attacked, a_h, a_s, "t_inst", cfg.method, cfg.seed, harmless=rows_s)
+        refit = fit_at(attacked, a_h, a_s, "t_inst", cfg.method, cfg.seed, harmless=rows_s, sources=sources)
         att_scorers = [
             activation_scorer(
                 ATTACKED_ORIGINAL_GUARD,
