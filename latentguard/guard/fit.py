@@ -433,10 +433,8 @@ def fit_from_activations(
     }
     warnings = fit_warnings(
         best.selection_auroc,
-        *(
-            _user_counts(src, n)
-            for src, n in ((harmful_sources, pos.shape[0]), (harmless_sources, neg.shape[0]))
-        ),
+        _user_counts(harmful_sources, pos.shape[0]),
+        _user_counts(harmless_sources, neg.shape[0]),
         n_sources=_user_sources(harmful_sources, harmless_sources),
         source_validated=bool(folds),
     )

@@ -45,6 +45,10 @@ _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s",
          "!": "i", "|": "l", "+": "t"}  # fmt: skip
 _LEET_TOKEN = re.compile(r"[A-Za-z0-9@$!|+]+")
+# cheap tests (ASCII text) before the leetspeak and mixed-case steps: a letter next to a leet
+# character; a capital after a small letter, or two capitals before a small one
+_LEET_CUE = re.compile(r"[A-Za-z][0134578@$!|+9]|[0134578@$!|+9][A-Za-z]")
+_CASE_CUE = re.compile(r"[a-z][A-Z]|[A-Z][A-Z][a-z]")
 # wordninja word costs (log-rank): a mixed token decodes to a word of rank ~50k or better, a
 # digit-only one to a word of rank ~1.5k or better
 _WORD_COST = 13.3
@@ -96,7 +100,8 @@ def _latin_lookalike(ch: str) -> str | None:
         low = _latin_lookalike(ch.lower())  # the table maps Cyrillic І only to l, but і to i
         if low is not None:
             return low.upper()
-    return (same_case or letters or [None])[0]
+    pick = same_case or letters
+    return pick[0] if pick else None
 
 
 def _fold_word(word: str) -> str:
@@ -249,23 +254,26 @@ def normalize(text: str) -> Normalized:
     """Apply :data:`STEPS` to ``text`` (see the module docstring)."""
     steps: list[str] = []
     current = text
-    nfkc = unicodedata.normalize("NFKC", current)
-    if nfkc != current:
-        steps.append("nfkc")
-        current = nfkc
-    visible = "".join(ch for ch in current if not _invisible(ch))
-    if visible != current:
-        steps.append("invisible")
-        current = visible
-    folded = _WORD.sub(lambda m: _fold_word(m.group(0)), current)
-    if folded != current:
-        steps.append("confusables")
-        current = folded
+    if not current.isascii():  # NFKC, invisible characters and look-alikes are all outside ASCII
+        nfkc = unicodedata.normalize("NFKC", current)
+        if nfkc != current:
+            steps.append("nfkc")
+            current = nfkc
+        visible = "".join(ch for ch in current if not _invisible(ch))
+        if visible != current:
+            steps.append("invisible")
+            current = visible
+        folded = _WORD.sub(lambda m: _fold_word(m.group(0)), current)
+        if folded != current:
+            steps.append("confusables")
+            current = folded
     spaced = _letter_spacing(current) if _SPACED.search(current) else current
     if spaced != current:
         steps.append("letter_spacing")
         current = spaced
-    for name, step in (("leetspeak", _leetspeak), ("mixed_case", _mixed_case)):
+    for name, step, cue in (("leetspeak", _leetspeak, _LEET_CUE), ("mixed_case", _mixed_case, _CASE_CUE)):
+        if current.isascii() and not cue.search(current):
+            continue
         done = step(current)
         if done != current:
             steps.append(name)
