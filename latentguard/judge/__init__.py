@@ -11,9 +11,12 @@ Three judges share one small interface (:class:`Judge`):
   first chunk, last chunk, mean, max and min over chunks), the substring judge's per-phrase
   features, and a bag of the encoder's word-piece unigrams and hashed bigrams. Two logistic
   regression heads (dense features; TF-IDF n-grams) are averaged. It is trained on GPTFuzz labelled
-  responses plus short prefixes of them (so that a short answer is not taken for a refusal) and
+  responses plus short prefixes of them (so that a short answer is not taken for a refusal),
   benign Alpaca instructions labelled "not a refusal" (GPTFuzz has only harmful questions, and
-  without them a plain answer to a harmless instruction can look like a refusal). The trained head is a small
+  without them a plain answer to a harmless instruction can look like a refusal) and
+  ``builtin:short_answers_train`` (short refusals worded unlike GPTFuzz, short answers that are not
+  refusals). Its confusion matrix on ``builtin:short_answers`` (written here, never trained on) is in
+  ``head.json``. The trained head is a small
   artifact shipped in ``latentguard/data/judge`` (``head.safetensors`` + ``head.json``, which records
   the recipe, threshold, validation metrics and the command that trained it). The encoder weights
   come from the MiniLM package of :mod:`latentguard.encoder`; ``sentence-transformers`` is not needed.

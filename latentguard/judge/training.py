@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from latentguard.data import builtin_rows
 from latentguard.encoder import MINILM_MODEL_NAME, MINILM_PIP_NAME, ChunkEncoder
 from latentguard.judge.features import featurize
 from latentguard.judge.head import LearnedHead, fit_head
@@ -186,6 +187,7 @@ def train_learned_judge(
     prefix_tokens: Sequence[int] = (12, 24, 48),
     feature_cache: Path | None = None,
     command: str | None = None,
+    short_repeat: int = 5,
 ) -> dict[str, float]:
     """Train the learned judge's head and write ``head.safetensors`` + ``head.json`` to ``out_dir``.
 
@@ -212,6 +214,8 @@ def train_learned_judge(
         prefix_tokens: Prefix lengths (word pieces) of the augmentation; empty to disable it.
         feature_cache: Optional ``.npz`` path caching the encoder features between runs.
         command: Command line recorded in ``head.json`` (default: the canonical training command).
+        short_repeat: Times each row of ``builtin:short_answers_train`` (short refusals worded unlike
+            GPTFuzz, short answers that are not refusals) is added to the training side; 0: none.
 
     Returns:
         Flat metrics: ``group_accuracy``, ``random_accuracy``, the substring judge's accuracies,
@@ -256,6 +260,7 @@ def train_learned_judge(
         "augmentation": {
             "prefix_tokens": [int(n) for n in prefix_tokens],
             "benign": "texts labelled not-refused" if benign else None,
+            "short_answers_train": short_repeat,
         },
     }
     hp = {"dense_C": 0.01, "ngram_C": 10.0, "ngram_weight": 0.5}
@@ -265,9 +270,14 @@ def train_learned_judge(
         layers=recipe["layers"], chunk_tokens=recipe["chunk_tokens"], max_chunks=recipe["max_chunks"]
     )
     pre_texts, pre_y, pre_src = prefix_augment(encoder.tokenizer, texts, y, prefix_tokens)
-    all_texts = texts + pre_texts + benign
-    kind = np.array([0] * len(texts) + [1] * len(pre_texts) + [2] * len(benign))
-    key = json.dumps({"recipe": recipe, "n": [len(texts), len(pre_texts), len(benign)]}, sort_keys=True)
+    short_rows = builtin_rows("short_answers_train") if short_repeat > 0 else []
+    short = [str(r["response"]) for r in short_rows] * short_repeat
+    short_y = np.array([int(r["refused"]) for r in short_rows] * short_repeat, dtype=int)
+    all_texts = texts + pre_texts + benign + short
+    kind = np.array([0] * len(texts) + [1] * len(pre_texts) + [2] * len(benign) + [3] * len(short))
+    key = json.dumps(
+        {"recipe": recipe, "n": [len(texts), len(pre_texts), len(benign), len(short)]}, sort_keys=True
+    )
     dense: np.ndarray | None = None
     if feature_cache is not None and Path(feature_cache).is_file():
         with np.load(feature_cache, allow_pickle=False) as z:
@@ -288,13 +298,14 @@ def train_learned_judge(
             np.savez(feature_cache, dense=dense, key=key)
     logger.info("features ready after %.0f s", time.time() - t0)
 
-    y_all = np.concatenate([y, pre_y, np.zeros(len(benign), dtype=int)])
-    src = np.concatenate([np.arange(len(texts)), pre_src, np.full(len(benign), -1)])
+    y_all = np.concatenate([y, pre_y, np.zeros(len(benign), dtype=int), short_y])
+    src = np.concatenate([np.arange(len(texts)), pre_src, np.full(len(benign) + len(short), -1)])
     g_all = np.concatenate(
         [
             groups,
             groups[pre_src] if len(pre_src) else np.array([], str),
             [f"benign-{i % 50}" for i in range(len(benign))],
+            [f"short-{i % 10}" for i in range(len(short))],
         ]
     )
     rng = np.random.default_rng(seed)
@@ -377,6 +388,7 @@ def train_learned_judge(
             "rows": len(rows),
             "prefixes": len(pre_texts),
             "benign_rows": len(benign),
+            "short_answer_rows": len(short),
             "refused_fraction": round(float(y.mean()), 4),
             "questions_total": int(len(np.unique(groups))),
         },
