@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -36,6 +37,9 @@ __all__ = [
     "open_store",
     "prompt_sha256",
 ]
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL (PostgreSQL refuses it) and lone surrogates
 
 
 class AuditStoreError(Exception):
@@ -104,7 +108,7 @@ def clean_text(text: str) -> str:
     Returns:
         The storable text.
     """
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def normalize_url(url: str) -> URL:
@@ -125,7 +129,7 @@ def normalize_url(url: str) -> URL:
         text = f"sqlite:///{text}"
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise AuditStoreError(f"not a database URL: {url!r}") from exc
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
