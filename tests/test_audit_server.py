@@ -278,6 +278,5 @@ def test_dashboard_token_handling(tmp_path: Path) -> None:
             assert (
                 fresh.get("/dashboard/data", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
             )
-            assert (
-                fresh.get("/dashboard/data", cookies={"latentguard_dashboard": "forged"}).status_code == 401
-            )
+            fresh.cookies.set("latentguard_dashboard", "forged")
+            assert fresh.get("/dashboard/data").status_code == 401
