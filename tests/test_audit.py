@@ -371,7 +371,7 @@ def test_without_audit_db_nothing_is_recorded_but_ids_are_returned() -> None:
         r = client.post("/v1/classify", json={"prompts": ["x"]})
         assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
         assert client.get("/dashboard").status_code == 404
-        assert "latentguard_audit_rows_total 0.0" in client.get("/metrics").text
+        assert "latentguard_audit" not in client.get("/metrics").text
 
 
 def _lock_sqlite(path: Path) -> sqlite3.Connection:
@@ -475,3 +475,17 @@ def test_serve_config_validates_audit_settings() -> None:
     with pytest.raises(ValueError, match="audit_db"):
         ServeConfig(audit_db=" ")
     assert "secret" not in repr(ServeConfig(audit_db="postgresql://u:secret@h/db"))
+
+
+def test_factory_reads_the_audit_settings() -> None:
+    from latentguard.guard.factory import serve_config_from_env
+
+    cfg = serve_config_from_env(
+        {
+            "LATENTGUARD_AUDIT_DB": "sqlite:///a.db",
+            "LATENTGUARD_AUDIT_STORE_TEXT": "1",
+            "LATENTGUARD_AUDIT_FAILURE": "open",
+        }
+    )
+    assert (cfg.audit_db, cfg.audit_store_text, cfg.audit_failure) == ("sqlite:///a.db", True, "open")
+    assert serve_config_from_env({}).audit_db is None

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fastapi
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from latentguard.audit.store import AuditRow, AuditStore, clean_text, open_store, prompt_sha256
 from latentguard.audit.writer import AuditWriteError, GroupCommitWriter
@@ -220,7 +220,8 @@ class Auditor:
         self._store: AuditStore | None = None
         self._writer: GroupCommitWriter | None = None
         self._identity = _Identity(None, None, None)
-        registry = metrics.registry
+        # without an audit log its series stay out of /metrics
+        registry = metrics.registry if self.enabled else CollectorRegistry()
         self._rows = Counter(
             "latentguard_audit_rows_total", "Decisions committed to the audit log.", registry=registry
         )
