@@ -268,6 +268,9 @@ def test_audit_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["audit", "prune", "--db", url, "--older-than", "soon"])
     assert main(["audit", "stats", "--db", f"sqlite:///{tmp_path / 'no' / 'x.db'}"]) == 2
+    assert main(["audit", "stats", "--db", f"sqlite:///{tmp_path / 'typo.db'}"]) == 2
+    assert not (tmp_path / "typo.db").exists()  # the commands create nothing
+    capsys.readouterr()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -489,3 +492,33 @@ def test_factory_reads_the_audit_settings() -> None:
     )
     assert (cfg.audit_db, cfg.audit_store_text, cfg.audit_failure) == ("sqlite:///a.db", True, "open")
     assert serve_config_from_env({}).audit_db is None
+
+
+def test_any_route_is_wired_with_one_record_call(tmp_path: Path) -> None:
+    """How a new decision route (e.g. /v1/moderations) puts its decisions on record: one call."""
+    from fastapi import Request
+
+    from latentguard.guard.serve import audit
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    app = create_app(FakeBackend(), ServeConfig(audit_db=url))
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> dict[str, Any]:
+        decision = audit.Decision(prompt="some text", score=0.7, harmful=True, action="flag")
+        rid = await audit.record(request, route="/v1/moderations", decisions=[decision])
+        return {"id": f"modr-{rid}", "same": rid == audit.request_id(request)}
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        r = client.post("/v1/moderations")
+    assert r.status_code == 200 and r.json() == {"id": f"modr-{r.headers['x-request-id']}", "same": True}
+    store = open_store(url)
+    (got,) = select_rows(store)
+    store.close()
+    assert (got["route"], got["request_id"], got["action"]) == (
+        "/v1/moderations",
+        r.headers["x-request-id"],
+        "flag",
+    )

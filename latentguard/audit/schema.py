@@ -109,7 +109,7 @@ def _migrate(conn: Connection, found: int) -> None:
     conn.execute(version_table.update().values(version=SCHEMA_VERSION))
 
 
-def prepare(conn: Connection) -> int | None:
+def prepare(conn: Connection, *, create: bool = True) -> int | None:
     """Make the database hold the current schema: create, migrate, or refuse.
 
     Runs inside the caller's transaction; it ends with a write (the version row), so a read-only
@@ -117,14 +117,18 @@ def prepare(conn: Connection) -> int | None:
 
     Args:
         conn: A connection in a transaction.
+        create: Create the tables in a database without them (else that is an error).
 
     Returns:
         The version found (``None`` for a new database).
 
     Raises:
-        SchemaVersionError: If the database's schema is newer than :data:`SCHEMA_VERSION`.
+        SchemaVersionError: If the database's schema is newer than :data:`SCHEMA_VERSION`, or it holds
+            no audit log and ``create`` is false.
     """
     found = schema_version(conn)
+    if found is None and not create:
+        raise SchemaVersionError("it holds no audit log (no latentguard tables)")
     if found is None:
         metadata.create_all(conn)
         conn.execute(version_table.insert().values(version=SCHEMA_VERSION))

@@ -216,11 +216,13 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(inner).__name__
 
 
-def open_store(url: str) -> AuditStore:
+def open_store(url: str, *, create: bool = True) -> AuditStore:
     """Open (and if needed create or migrate) an audit database, checking that it can be written.
 
     Args:
         url: The database URL (see the module docs).
+        create: Create the audit log in a database without one (the server); without it such a
+            database is an error (the ``audit`` commands, so a mistyped path creates nothing).
 
     Returns:
         The store.
@@ -231,14 +233,16 @@ def open_store(url: str) -> AuditStore:
     parsed = normalize_url(url)
     name = display_url(parsed)
     try:
+        if not create and parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+            raise AuditStoreError(f"no such file: {parsed.database}")
         engine = _engine(parsed)
     except AuditStoreError as exc:
         raise AuditStoreError(f"audit database {name} is not usable: {exc}") from exc
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
+    except (SQLAlchemyError, ImportError, ValueError) as exc:  # e.g. a bad ?timeout=
         raise AuditStoreError(f"audit database {name} is not usable: {_first_line(exc)}") from exc
     try:
         with engine.begin() as conn:
-            found = prepare(conn)
+            found = prepare(conn, create=create)
     except SchemaVersionError as exc:
         engine.dispose()
         raise AuditStoreError(f"audit database {name}: {exc}") from exc

@@ -35,7 +35,7 @@ def _out_file(text: str) -> str:
 def _open(args: argparse.Namespace) -> Any:
     from latentguard.audit import open_store
 
-    return open_store(args.db)
+    return open_store(args.db, create=False)
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
