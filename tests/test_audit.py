@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from audit_db import audit_database, postgres_url_or_skip, reset_postgres  # noqa: F401  (audit_database: the db_url fixture)
+from fastapi import Request
 from test_serve import TOKEN, FakeBackend, client_for, parse_metrics, running_server
 
 from latentguard.audit import (
@@ -496,8 +497,6 @@ def test_factory_reads_the_audit_settings() -> None:
 
 def test_any_route_is_wired_with_one_record_call(tmp_path: Path) -> None:
     """How a new decision route (e.g. /v1/moderations) puts its decisions on record: one call."""
-    from fastapi import Request
-
     from latentguard.guard.serve import audit
 
     url = f"sqlite:///{tmp_path / 'a.db'}"

@@ -76,13 +76,23 @@ async def _classify(client: httpx.AsyncClient, i: int) -> tuple[int, str | None]
 async def _wave(
     base: str, ids: range, kill: subprocess.Popen[bytes] | None = None, after: int = 0
 ) -> list[Any]:
-    """Fire requests concurrently; with ``kill``, SIGKILL that process once ``after`` have been answered."""
+    """Fire requests concurrently; with ``kill``, a stream of them, and SIGKILL that process once ``after``
+    have been answered."""
     limits = httpx.Limits(max_connections=len(ids), max_keepalive_connections=len(ids))
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        tasks = [asyncio.create_task(_classify(client, i)) for i in ids]
-        if kill is not None:
-            while sum(t.done() for t in tasks) < after:
-                await asyncio.sleep(0.001)
+        if kill is None:
+            tasks = [asyncio.create_task(_classify(client, i)) for i in ids]
+            return list(await asyncio.gather(*tasks))
+        # a steady stream, so that whatever the machine's load, requests are in flight at the kill
+        tasks = []
+        for i in ids:
+            tasks.append(asyncio.create_task(_classify(client, i)))
+            await asyncio.sleep(0.004)
+            if kill.poll() is None and sum(t.done() for t in tasks) >= after:
+                os.kill(kill.pid, signal.SIGKILL)
+        while kill.poll() is None and sum(t.done() for t in tasks) < after:
+            await asyncio.sleep(0.001)
+        if kill.poll() is None:
             os.kill(kill.pid, signal.SIGKILL)
         return list(await asyncio.gather(*tasks))
 
