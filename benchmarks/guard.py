@@ -8,10 +8,14 @@ On the same prompts, in one run:
 * guarded generation (guard read from the same prefill) against plain generation, as the median
   of paired runs in alternating order;
 * the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
-  compared with the guard's own ``check`` of the same prompt.
+  compared with the guard's own ``check`` of the same prompt;
+* the audit log's cost (``audit``): classify throughput of the same server, 8 concurrent clients,
+  without the audit log, with ``--audit-db sqlite:///...`` and with PostgreSQL
+  (``--audit-postgres URL``, default ``$LATENTGUARD_TEST_POSTGRES_URL``), in rounds whose order
+  rotates; the cost is the median throughput ratio.
 
     python benchmarks/guard.py [--model organism] [--n 64] [--guard runs/guard-eval/guard]
-        [--parts standalone,fused,server]
+        [--parts standalone,fused,server,audit] [--audit-rounds 5] [--audit-postgres URL]
 
 Without ``--guard`` it fits a probe guard on the built-in sets first.
 """
@@ -21,10 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,7 +205,97 @@ def server(lm: Any, guard: Any, mixed: list[str]) -> None:
     )
 
 
-PARTS = ("standalone", "fused", "server")
+def _throughput(
+    lm: Any, guard: Any, prompts: list[str], audit_db: str | None, n_clients: int, per_client: int
+) -> float:
+    """Classify requests/s of one fresh server (8 clients, one prompt per request), with or without audit."""
+    import httpx
+    import uvicorn
+
+    from latentguard.guard.serve import ServeConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(LatentGuardBackend(lm, guard), ServeConfig(port=port, audit_db=audit_db))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+
+    async def client(cid: int, c: httpx.AsyncClient, ok: list[bool]) -> None:
+        for k in range(per_client):
+            r = await c.post(
+                "/v1/classify", json={"prompts": [prompts[(cid * per_client + k) % len(prompts)]]}
+            )
+            ok.append(r.status_code == 200 and bool(r.headers.get("x-request-id")))
+
+    async def load_test() -> tuple[float, list[bool], str]:
+        ok: list[bool] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+            await c.post("/v1/classify", json={"prompts": [prompts[0]]})  # warm-up
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(i, c, ok) for i in range(n_clients)))
+            elapsed = time.perf_counter() - t0
+            return elapsed, ok, (await c.get("/metrics")).text
+
+    elapsed, ok, metrics_text = asyncio.run(load_test())
+    audit = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(("latentguard_audit_rows_total ", "latentguard_audit_commit_duration_seconds_"))
+    }
+    srv.should_exit = True
+    th.join(timeout=10)
+    if not all(ok):
+        raise RuntimeError(f"{len(ok) - sum(ok)} of {len(ok)} requests failed (audit_db={audit_db})")
+    return len(ok) / elapsed, audit
+
+
+def audit_cost(lm: Any, guard: Any, prompts: list[str], rounds: int, postgres: str | None) -> None:
+    """Classify throughput without and with the audit log (SQLite, PostgreSQL), in rotating order."""
+    tmp = Path(tempfile.mkdtemp(prefix="latentguard-audit-bench-"))
+    configs: dict[str, str | None] = {"none": None, "sqlite": f"sqlite:///{tmp / 'audit.db'}"}
+    if postgres:
+        configs["postgres"] = postgres
+    else:
+        emit("audit: no PostgreSQL URL (--audit-postgres or LATENTGUARD_TEST_POSTGRES_URL); SQLite only")
+    n_clients, per_client = 8, 25
+    runs: dict[str, list[float]] = {k: [] for k in configs}
+    commits: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
+    names = list(configs)
+    _throughput(lm, guard, prompts, None, n_clients, 4)  # warm-up (first forwards, allocator)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            rate, audit = _throughput(lm, guard, prompts, configs[name], n_clients, per_client)
+            runs[name].append(rate)
+            commits[name].append(audit)
+    base = float(np.median(runs["none"]))
+    emit(
+        f"audit: {n_clients} clients x {per_client} classify requests, {rounds} rounds (rotating order), "
+        f"median requests/s: "
+        + ", ".join(f"{k} {np.median(v):,.1f} (runs {[round(x, 1) for x in v]})" for k, v in runs.items())
+    )
+    for name in names[1:]:
+        rows = sum(a.get("latentguard_audit_rows_total", 0.0) for a in commits[name])
+        n_commits = sum(a.get("latentguard_audit_commit_duration_seconds_count", 0.0) for a in commits[name])
+        seconds = sum(a.get("latentguard_audit_commit_duration_seconds_sum", 0.0) for a in commits[name])
+        emit(
+            f"audit {name}: {rows:.0f} rows in {n_commits:.0f} commits ({rows / max(n_commits, 1):.1f} rows per "
+            f"commit), {1000 * seconds / max(n_commits, 1):.2f} ms per commit, "
+            f"{1000 * seconds / max(rows, 1):.3f} ms of commit per decision"
+        )
+        # the cost per round (against that round's no-audit run) and of the medians
+        paired = [a / b for a, b in zip(runs[name], runs["none"], strict=True)]
+        emit(
+            f"audit_{name}_throughput_ratio={np.median(runs[name]) / base:.3f} "
+            f"(median of per-round ratios {np.median(paired):.3f}; cost {100 * (1 - np.median(runs[name]) / base):+.1f}%)"
+        )
+
+
+PARTS = ("standalone", "fused", "server", "audit")
 
 
 def main() -> None:
@@ -212,6 +309,12 @@ def main() -> None:
     )
     ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    ap.add_argument("--audit-rounds", type=int, default=5, help="rounds of the audit-cost measurement")
+    ap.add_argument(
+        "--audit-postgres",
+        default=os.environ.get("LATENTGUARD_TEST_POSTGRES_URL"),
+        help="PostgreSQL URL for the audit-cost measurement (default $LATENTGUARD_TEST_POSTGRES_URL)",
+    )
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -234,6 +337,8 @@ def main() -> None:
         fused(lm, guard, prompts, args.max_new_tokens, args.generation_repeats)
     if "server" in parts:
         server(lm, guard, prompts + harmful[:32])
+    if "audit" in parts:
+        audit_cost(lm, guard, prompts + harmful[:32], args.audit_rounds, args.audit_postgres)
 
 
 if __name__ == "__main__":

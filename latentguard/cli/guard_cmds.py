@@ -1,4 +1,4 @@
-"""Latent Guard: ``guard fit|check|chat|eval`` and ``serve``."""
+"""Latent Guard: ``guard fit|check|chat|eval`` and ``serve`` (its audit-log options: :mod:`.audit_cmds`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latentguard.cli.audit_cmds import add_audit_server_args
 from latentguard.cli.common import (
     add_config_options,
     add_engine_args,
@@ -246,6 +247,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from latentguard.guard.serve import ServeConfig, read_token_file, run
     from latentguard.judge import load_judge
 
+    if args.audit_db is not None:  # an unusable audit database fails before the model loads
+        from latentguard.audit import open_store
+
+        open_store(args.audit_db).close()
     lm, guard = load_guard(args)
     token = read_token_file(args.token_file) if args.token_file else None
     direction = repair_direction(lm, args)
@@ -258,7 +263,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         normalize=not args.no_normalize,
     )
     config = ServeConfig(
-        host=args.host, port=args.port, token=token, served_model_name=args.served_model_name
+        host=args.host,
+        port=args.port,
+        token=token,
+        served_model_name=args.served_model_name,
+        audit_db=args.audit_db,
+        audit_store_text=args.audit_store_text,
+        audit_failure=args.audit_failure,
     )
     run(backend, config)
     return 0
@@ -344,4 +355,5 @@ def register(sub: Any) -> None:
         help="model id listed by GET /v1/models (default: the model spec)",
     )
     p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
+    add_audit_server_args(p)
     p.set_defaults(func=cmd_serve)

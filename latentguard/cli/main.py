@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from latentguard.cli import guard_cmds, model_cmds, study_cmds
+from latentguard.cli import audit_cmds, guard_cmds, model_cmds, study_cmds
 from latentguard.cli.common import Handler
 
 logger = logging.getLogger("latentguard")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register(sub)
     study_cmds.register(sub)
     guard_cmds.register(sub)
+    audit_cmds.register(sub)
     return parser
 
 
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from latentguard.audit import AuditStoreError
     from latentguard.data import DataError
     from latentguard.io import ArtifactError
     from latentguard.models import ModelLoadError, NoChatTemplateError
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (
+        AuditStoreError,
         DataError,
         ModelLoadError,
         NoChatTemplateError,

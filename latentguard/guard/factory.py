@@ -20,6 +20,9 @@ Variables:
 * ``LATENTGUARD_THREADS``: torch threads per worker (set it to cores / workers).
 * ``LATENTGUARD_TOKEN_FILE``: file holding the bearer token.
 * ``LATENTGUARD_REFUSAL_DIRECTION``: a refusal direction, which turns on over-refusal repair.
+* ``LATENTGUARD_AUDIT_DB``, ``LATENTGUARD_AUDIT_STORE_TEXT`` (``1``) and ``LATENTGUARD_AUDIT_FAILURE``
+  (``closed`` or ``open``): as ``serve --audit-db``, ``--audit-store-text`` and ``--audit-failure``; the
+  workers share the database.
 * ``LATENTGUARD_SERVE_<FIELD>``: any numeric :class:`~latentguard.guard.serve.ServeConfig` field, e.g.
   ``LATENTGUARD_SERVE_MAX_PROMPTS=64`` or ``LATENTGUARD_SERVE_BATCH_MAX_WAIT_MS=5``. Host and port
   are uvicorn's options.
@@ -69,6 +72,11 @@ def serve_config_from_env(env: Mapping[str, str] | None = None) -> Any:
             kwargs[name] = int(raw) if "int" in str(types[name]) else float(raw)
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}SERVE_{name.upper()}={raw!r} is not a number") from exc
+    audit_db = env.get(f"{ENV_PREFIX}AUDIT_DB")
+    if audit_db:
+        kwargs["audit_db"] = audit_db
+        kwargs["audit_store_text"] = env.get(f"{ENV_PREFIX}AUDIT_STORE_TEXT", "") in ("1", "true", "yes")
+        kwargs["audit_failure"] = env.get(f"{ENV_PREFIX}AUDIT_FAILURE") or "closed"
     token_file = env.get(f"{ENV_PREFIX}TOKEN_FILE")
     if token_file:
         kwargs["token"] = read_token_file(token_file)

@@ -10,6 +10,7 @@ This package serves any object that implements :class:`GuardBackend` over a smal
   other services' wire formats (:mod:`~latentguard.guard.serve.compat`).
 * ``GET /healthz`` (liveness), ``GET /readyz`` (readiness plus backend info) and ``GET /metrics``
   (Prometheus text format).
+* ``GET /dashboard`` (with ``audit_db``): a live page over the audit log.
 
 Design notes:
 
@@ -23,6 +24,9 @@ Design notes:
   batch is retried in halves so that one poisoned prompt cannot make other clients' prompts fail.
 * **Bad input never gets a 5xx.** Limits are enforced before the backend sees anything, every error is a
   JSON ``{"error": ...}`` body, and 503 is used only for timeouts and for a service that is not running.
+* **Decisions on record.** With ``ServeConfig.audit_db`` every decision is committed to the audit log
+  before its response is sent (group commits; 503 when the database fails, unless ``audit_failure`` is
+  ``open``). Every response carries an ``X-Request-ID``, the id its decisions are recorded under.
 * **Optional bearer token** for ``/v1/*``, ``/metrics`` and the compatible routes; ``/healthz`` and
   ``/readyz`` stay open.
 
@@ -39,6 +43,9 @@ Modules, one idea each:
 * :mod:`~latentguard.guard.serve.middleware`: request metrics, authentication and the body-size limit.
 * :mod:`~latentguard.guard.serve.auth`: bearer-token checking.
 * :mod:`~latentguard.guard.serve.metrics`: the Prometheus metrics, one ``prometheus_client`` registry per app.
+* :mod:`~latentguard.guard.serve.audit`: recording decisions in the audit log (``await audit.record(request,
+  route=..., decisions=...)``, one line per route); :mod:`~latentguard.guard.serve.dashboard`: ``/dashboard``
+  (its page, script and style are in ``static/``). The store itself is :mod:`latentguard.audit`.
 
 The result types are :class:`~latentguard.guard.types.Verdict` (also named :data:`ClassifyResult`) and
 :class:`~latentguard.guard.types.GuardedReply` (also named :data:`GenerateResult`).

@@ -16,15 +16,17 @@ from typing import Any
 
 import fastapi
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 
+from latentguard.guard.serve import audit
 from latentguard.guard.serve.auth import token_dependency
 from latentguard.guard.serve.backend import GuardBackend, generate_checked
 from latentguard.guard.serve.batcher import ClassifyBatcher
 from latentguard.guard.serve.compat import add_compat_routes
 from latentguard.guard.serve.config import DEFAULT_MAX_NEW_TOKENS, ServeConfig
+from latentguard.guard.serve.dashboard import add_dashboard_routes
 from latentguard.guard.serve.errors import (
     ApiError,
     GuardJSONResponse,
@@ -126,11 +128,13 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         The app.
     """
     metrics = ServeMetrics(batch_max_size=config.batch_max_size)
+    auditor = audit.Auditor(config, metrics, backend)
     state = _ServiceState()
     max_body_bytes = 65536 + config.max_prompts * (12 * config.max_chars + 64)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await auditor.start()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentguard-backend")
         batcher = ClassifyBatcher(
             backend,
@@ -149,6 +153,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
             await batcher.stop()
             state.executor = None
             executor.shutdown(wait=False, cancel_futures=True)
+            await auditor.stop()
             logger.info("Latent Guard service stopped")
 
     app = FastAPI(
@@ -161,6 +166,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
     )
     app.state.latentguard = state
     app.state.metrics = metrics
+    app.state.audit = auditor
     app.add_middleware(GuardMiddleware, metrics=metrics, token=config.token, max_body_bytes=max_body_bytes)
 
     require_token = token_dependency(config.token)
@@ -193,9 +199,12 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         tags=["guard"],
         summary="Classify prompts as harmful or not",
     )
-    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+    async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         """Classify prompts; a prompt on which the guard fails is reported harmful (fail closed)."""
         results = await classify_checked(body.prompts)
+        await audit.record(
+            request, route="/v1/classify", decisions=audit.from_verdicts(body.prompts, results)
+        )
         return ClassifyResponse(results=[ClassifyItem.from_result(r) for r in results])
 
     @app.post(
@@ -206,7 +215,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         tags=["guard"],
         summary="Generate responses under a guard policy",
     )
-    async def generate(body: GenerateRequest) -> GenerateResponse:
+    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         """Generate a response per prompt; harmful prompts are blocked, flagged or allowed per ``policy``."""
         prompts = _check_prompts(body.prompts, config)
         if "max_new_tokens" in body.model_fields_set:
@@ -232,6 +241,9 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         metrics.observe_backend_call("generate", time.perf_counter() - started)
         metrics.observe_results("generate", results)
         metrics.observe_blocked(body.policy, sum(r.blocked for r in results))
+        await audit.record(
+            request, route="/v1/generate", decisions=audit.from_replies(prompts, results, body.policy)
+        )
         return GenerateResponse(results=[GenerateItem.from_result(r) for r in results])
 
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness")
@@ -275,6 +287,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     add_compat_routes(app, backend, config, classify=classify_checked, require_token=require_token)
+    add_dashboard_routes(app, auditor, config)
     return app
 
 

@@ -24,8 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 
+from latentguard.guard.serve import audit
 from latentguard.guard.serve.backend import GuardBackend
 from latentguard.guard.serve.compat_schemas import (
     LATENTGUARD_SCANNER,
@@ -210,7 +211,7 @@ def add_compat_routes(
         tags=["litellm"],
         summary="LiteLLM generic guardrail API",
     )
-    async def litellm_guardrail(body: LiteLLMGuardrailRequest) -> LiteLLMGuardrailResponse:
+    async def litellm_guardrail(body: LiteLLMGuardrailRequest, request: Request) -> LiteLLMGuardrailResponse:
         """Check a LiteLLM request: BLOCKED if any text is harmful, else NONE.
 
         For ``input_type: "request"`` each non-blank text is classified; without texts, the content of
@@ -222,8 +223,14 @@ def add_compat_routes(
             return LiteLLMGuardrailResponse(
                 action="NONE", blocked_reason=None, latentguard=LiteLLMVerdicts(verdicts=[])
             )
-        verdicts = await classify(litellm_texts(body))
+        texts = litellm_texts(body)
+        verdicts = await classify(texts)
         reason = _blocked_reason(verdicts)
+        await audit.record(
+            request,
+            route="/beta/litellm_basic_guardrail_api",
+            decisions=audit.from_verdicts(texts, verdicts, block=True),
+        )
         if reason is not None:
             logger.info("Blocked LiteLLM call %s: %s", body.litellm_call_id or "-", reason)
         return LiteLLMGuardrailResponse(
@@ -232,12 +239,13 @@ def add_compat_routes(
             latentguard=LiteLLMVerdicts(verdicts=[VerdictSummary.from_result(v) for v in verdicts]),
         )
 
-    async def scan(body: AnalyzePromptRequest) -> ScanPromptResponse:
+    async def scan(body: AnalyzePromptRequest, request: Request, route: str) -> ScanPromptResponse:
         if not body.prompt.strip():
             raise ApiError(400, "prompt must not be empty or whitespace")
         if LATENTGUARD_SCANNER in body.scanners_suppress:
             return ScanPromptResponse(is_valid=True, scanners={})
         (verdict,) = await classify([body.prompt])
+        await audit.record(request, route=route, decisions=audit.from_verdicts([body.prompt], [verdict]))
         risk = risk_score(verdict, backend_threshold(backend))
         return ScanPromptResponse(is_valid=not verdict.harmful, scanners={LATENTGUARD_SCANNER: risk})
 
@@ -249,9 +257,9 @@ def add_compat_routes(
         tags=["llm-guard"],
         summary="LLM Guard: analyze a prompt",
     )
-    async def analyze_prompt(body: AnalyzePromptRequest) -> AnalyzePromptResponse:
+    async def analyze_prompt(body: AnalyzePromptRequest, request: Request) -> AnalyzePromptResponse:
         """Check a prompt with the ``LatentGuard`` scanner; ``sanitized_prompt`` is the prompt unchanged."""
-        result = await scan(body)
+        result = await scan(body, request, "/analyze/prompt")
         return AnalyzePromptResponse(
             sanitized_prompt=body.prompt, is_valid=result.is_valid, scanners=result.scanners
         )
@@ -264,6 +272,6 @@ def add_compat_routes(
         tags=["llm-guard"],
         summary="LLM Guard: scan a prompt",
     )
-    async def scan_prompt(body: AnalyzePromptRequest) -> ScanPromptResponse:
+    async def scan_prompt(body: AnalyzePromptRequest, request: Request) -> ScanPromptResponse:
         """Check a prompt with the ``LatentGuard`` scanner (valid and risk, without the prompt)."""
-        return await scan(body)
+        return await scan(body, request, "/scan/prompt")

@@ -12,7 +12,16 @@ from latentguard.guard.serve.auth import check_token
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "ServeConfig", "TokenFileError", "read_token_file"]
+__all__ = [
+    "AUDIT_FAILURE_MODES",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "ServeConfig",
+    "TokenFileError",
+    "read_token_file",
+]
+
+#: What the server does when the audit database fails: answer 503 (closed) or answer anyway (open).
+AUDIT_FAILURE_MODES = ("closed", "open")
 
 #: Default ``max_new_tokens`` of ``POST /v1/generate`` (capped by ``ServeConfig.max_new_tokens_limit``).
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -65,6 +74,25 @@ class ServeConfig:
             "'model', else 'latentguard')."
         },
     )
+    audit_db: str | None = field(
+        default=None,
+        repr=False,  # a URL may hold a password
+        metadata={
+            "help": "Audit database URL (sqlite:///path/audit.db, postgresql://user@host/db): every decision "
+            "is committed there before it is answered. Default: no audit log."
+        },
+    )
+    audit_store_text: bool = field(
+        default=False,
+        metadata={"help": "Store the prompt text in the audit log (default: its SHA-256 only)."},
+    )
+    audit_failure: str = field(
+        default="closed",
+        metadata={
+            "help": "When the audit database fails: 'closed' answers 503, 'open' answers and logs the "
+            "decision as lost."
+        },
+    )
 
     def __post_init__(self) -> None:
         """Check that every setting is in range.
@@ -88,6 +116,12 @@ class ServeConfig:
             check_token(self.token)
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise ValueError("served_model_name must not be empty or whitespace")
+        if self.audit_failure not in AUDIT_FAILURE_MODES:
+            raise ValueError(
+                f"audit_failure must be one of {AUDIT_FAILURE_MODES}, got {self.audit_failure!r}"
+            )
+        if self.audit_db is not None and not self.audit_db.strip():
+            raise ValueError("audit_db must not be empty")
 
 
 class TokenFileError(ValueError):

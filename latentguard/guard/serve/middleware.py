@@ -1,8 +1,14 @@
-"""ASGI middleware: counts and times requests, enforces the bearer token and bounds request bodies."""
+"""ASGI middleware: counts and times requests, enforces the bearer token and bounds request bodies.
+
+It also gives every request an id (``request.state.request_id``, 32 hex digits), returned in the
+response's ``X-Request-ID`` header and recorded with its decisions in the audit log, and its arrival
+time (``request.state.started``, :func:`time.perf_counter`).
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,11 +46,18 @@ class GuardMiddleware:
         started = time.perf_counter()
         endpoint = endpoint_label(scope.get("path", ""))
         status: int | None = None
+        request_id = uuid.uuid4().hex  # the audit log's id of this request (``X-Request-ID``)
+        state = scope.setdefault("state", {})
+        state["request_id"], state["started"] = request_id, started
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if bytes(k).lower() != b"x-request-id"
+                ]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode("ascii"))]}
             await send(message)
 
         failed = True
