@@ -74,7 +74,9 @@
           "stroke-width": 2, class: "series series-" + name }, svg);
       }
       for (const [x, y] of pts) el("circle", { cx: x, cy: y, r: 3, fill: color, class: "point" }, svg);
-      text(svg, W - M.right - 4, M.top + 12 + 14 * k, name, "end").setAttribute("fill", color);
+      if (series.length > 1) {  // a legend row along the top edge
+        text(svg, W - M.right - 4 - 34 * (series.length - 1 - k), M.top - 1, name, "end").setAttribute("fill", color);
+      }
       drawn += pts.length;
     });
     svg.dataset.rendered = String(drawn);
