@@ -281,7 +281,7 @@ class TextStream:
             for x in self.stop_strings:  # hold back a possible start of a stop string
                 for k in range(min(len(x) - 1, len(text)), 0, -1):
                     if text.endswith(x[:k]):
-                        text = text[:-k]
+                        text = text[:-k].rstrip()
                         break
         if len(text) > len(self.sent) and text.startswith(self.sent):
             delta, self.sent = text[len(self.sent) :], text

@@ -110,14 +110,20 @@ def guard_layers_available(lm: LoadedModel, guard: LatentGuard) -> None:
 
 
 def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[Verdict]:
-    """Turn ``[n, len(guard.layers), d]`` hidden states into one :class:`Verdict` per row."""
+    """Turn ``[n, len(guard.layers), d]`` hidden states into one :class:`Verdict` per row.
+
+    With a category head (:attr:`LatentGuard.categories`) each verdict also carries its category scores.
+    """
     score, per = guard.score_activations(states, guard.layers)
     harmful = score > guard.threshold
+    head = guard.categories
+    cats = head.scores(states[:, guard.layers.index(head.layer)]) if head is not None else None
     return [
         Verdict(
             harmful=bool(harmful[i]),
             score=float(score[i]),
             layer_scores={layer: float(v[i]) for layer, v in per.items()},
+            category_scores=cats[i] if cats is not None else {},
         )
         for i in range(score.shape[0])
     ]

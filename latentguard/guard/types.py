@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = [
+    "BLOCKED_REPLY",
     "POLICIES",
     "ClassifyResult",
     "GenerateResult",
@@ -66,6 +67,9 @@ class Policy(str, Enum):
         except ValueError:
             raise ValueError(f"policy must be one of {POLICIES}, got {value!r}") from None
 
+
+#: The short refusal that stands for a blocked answer (chat completions' content, ``guard chat``'s history).
+BLOCKED_REPLY = "I can't help with that request."
 
 #: The policies' names, in declaration order: ``("block", "flag", "allow")``.
 POLICIES: tuple[str, ...] = tuple(p.value for p in Policy)

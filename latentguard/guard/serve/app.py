@@ -1,6 +1,7 @@
 """The FastAPI app (:func:`create_app`: lifespan, routes) and :func:`run`, which serves it with uvicorn.
 
-The OpenAI, LiteLLM and LLM Guard compatible routes are registered from :mod:`~latentguard.guard.serve.compat`.
+The OpenAI, LiteLLM and LLM Guard compatible routes are registered from :mod:`~latentguard.guard.serve.compat`
+and :mod:`~latentguard.guard.serve.openai_routes` (chat completions, moderations).
 """
 
 import asyncio
@@ -33,6 +34,7 @@ from latentguard.guard.serve.errors import (
 )
 from latentguard.guard.serve.metrics import CONTENT_TYPE, ServeMetrics
 from latentguard.guard.serve.middleware import GuardMiddleware
+from latentguard.guard.serve.openai_routes import add_openai_routes
 from latentguard.guard.serve.schemas import (
     ClassifyItem,
     ClassifyRequest,
@@ -275,6 +277,15 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     add_compat_routes(app, backend, config, classify=classify_checked, require_token=require_token)
+    add_openai_routes(
+        app,
+        backend,
+        config,
+        metrics,
+        classify=classify_checked,
+        executor=lambda: state.executor,
+        require_token=require_token,
+    )
     return app
 
 
