@@ -290,6 +290,16 @@ def test_openai_client_against_a_real_server(guarded_server: tuple[str, Any], ll
     head = [v for k, v in numeric.items() if k.startswith("latentguard/")]
     assert len(head) == 11 and all(0.0 < v < 1.0 for v in head)  # the category head's scores got through
 
+    import httpx
+
+    litellm = httpx.post(
+        f"{url}/beta/litellm_basic_guardrail_api",
+        json={"structured_messages": CONVERSATIONS["multi turn"], "input_type": "request"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()
+    assert litellm["action"] == "NONE"
+    assert litellm["latentguard"]["verdicts"][0]["score"] == pytest.approx(expected, abs=1e-4)
+
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).chat.completions.create(
             model="x", messages=user("hi")

@@ -406,7 +406,7 @@ class LatentGuardBackend:
         # the template prefix's keys/values, computed once for every classify request
         self.prefix = build_prefix_cache(lm)
 
-    def classify(self, prompts: list[str]) -> list[Verdict]:
+    def classify(self, prompts: list[Prompt]) -> list[Verdict]:
         """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
         return check(
             self.lm,

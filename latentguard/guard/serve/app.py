@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 
+from latentguard.conversation import Prompt, last_user_text, total_chars
 from latentguard.guard.serve.auth import token_dependency
 from latentguard.guard.serve.backend import GuardBackend, generate_checked
 from latentguard.guard.serve.batcher import ClassifyBatcher
@@ -61,15 +62,12 @@ class _ServiceState:
         self.batcher: ClassifyBatcher | None = None
 
 
-def _check_prompts(prompts: list[str], config: ServeConfig) -> list[str]:
+def _check_prompts(prompts: Sequence[Prompt], config: ServeConfig) -> None:
     """Enforce the prompt limits.
 
     Args:
-        prompts: Prompts from the request.
+        prompts: Prompts (instructions, or conversations from the compatible routes).
         config: Service settings.
-
-    Returns:
-        The prompts, unchanged.
 
     Raises:
         ApiError: 422 for an empty list or a blank prompt, 413 for too many or too long prompts.
@@ -79,11 +77,13 @@ def _check_prompts(prompts: list[str], config: ServeConfig) -> list[str]:
     if len(prompts) > config.max_prompts:
         raise ApiError(413, f"too many prompts: {len(prompts)} > {config.max_prompts}")
     for i, prompt in enumerate(prompts):
-        if len(prompt) > config.max_chars:
-            raise ApiError(413, f"prompt {i} is too long: {len(prompt)} > {config.max_chars} characters")
-        if not prompt.strip():
+        limit = config.max_chars if isinstance(prompt, str) else config.max_conversation_chars
+        if total_chars(prompt) > limit:
+            raise ApiError(413, f"prompt {i} is too long: {total_chars(prompt)} > {limit} characters")
+        if not isinstance(prompt, str) and len(prompt) > config.max_messages:
+            raise ApiError(413, f"prompt {i} has too many messages: {len(prompt)} > {config.max_messages}")
+        if not last_user_text(prompt).strip():
             raise ApiError(422, f"prompt {i} is empty or whitespace")
-    return prompts
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
@@ -172,9 +172,9 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         metrics.count_error("timeout")
         return ApiError(503, f"request timed out after {config.request_timeout_s:g} s")
 
-    async def classify_checked(prompts: list[str]) -> list[Verdict]:
+    async def classify_checked(prompts: Sequence[Prompt]) -> list[Verdict]:
         """Classify prompts through the batcher: the limits, the timeout and the metrics of classify."""
-        prompts = _check_prompts(prompts, config)
+        _check_prompts(prompts, config)
         batcher = state.batcher
         if batcher is None or not batcher.running:
             raise ServiceUnavailable("the guard is not running")
@@ -210,7 +210,8 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
     )
     async def generate(body: GenerateRequest) -> GenerateResponse:
         """Generate a response per prompt; harmful prompts are blocked, flagged or allowed per ``policy``."""
-        prompts = _check_prompts(body.prompts, config)
+        prompts = body.prompts
+        _check_prompts(prompts, config)
         if "max_new_tokens" in body.model_fields_set:
             max_new_tokens = body.max_new_tokens
         else:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from latentguard.conversation import Prompt
 from latentguard.guard.types import GuardedReply, Policy, Verdict
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,11 @@ class GuardBackend(Protocol):
     safe. Both methods may raise; the service then fails closed.
     """
 
-    def classify(self, prompts: list[str]) -> list[Verdict]:
+    def classify(self, prompts: list[Prompt]) -> list[Verdict]:
         """Classify a batch of prompts.
 
         Args:
-            prompts: Non-empty list of prompts.
+            prompts: Non-empty list of prompts: instructions, or (from the compatible routes) conversations.
 
         Returns:
             One verdict per prompt, in the same order.
@@ -139,7 +140,7 @@ def fail_closed_verdict(exc: BaseException) -> Verdict:
     return Verdict(harmful=True, score=1.0, layer_scores={}, error=_short_error(exc))
 
 
-def classify_isolating(backend: GuardBackend, prompts: list[str]) -> list[Verdict]:
+def classify_isolating(backend: GuardBackend, prompts: list[Prompt]) -> list[Verdict]:
     """Classify ``prompts``; on failure retry in halves so only the failing prompts fail closed.
 
     Args:
