@@ -21,7 +21,8 @@ Variables:
 * ``LATENTGUARD_TOKEN_FILE``: file holding the bearer token.
 * ``LATENTGUARD_REFUSAL_DIRECTION``: a refusal direction, which turns on over-refusal repair.
 * ``LATENTGUARD_SERVE_<FIELD>``: any numeric :class:`~latentguard.guard.serve.ServeConfig` field, e.g.
-  ``LATENTGUARD_SERVE_MAX_PROMPTS=64`` or ``LATENTGUARD_SERVE_BATCH_MAX_WAIT_MS=5``. Host and port
+  ``LATENTGUARD_SERVE_MAX_PROMPTS=64`` or ``LATENTGUARD_SERVE_BATCH_MAX_WAIT_MS=5``, and
+  ``LATENTGUARD_SERVE_POLICY`` (chat completions' policy: ``block``, ``flag`` or ``allow``). Host and port
   are uvicorn's options.
 """
 
@@ -47,6 +48,8 @@ _NUMERIC_FIELDS = (
     "batch_max_size",
     "batch_max_wait_ms",
     "request_timeout_s",
+    "max_messages",
+    "max_conversation_chars",
 )
 
 
@@ -69,6 +72,9 @@ def serve_config_from_env(env: Mapping[str, str] | None = None) -> Any:
             kwargs[name] = int(raw) if "int" in str(types[name]) else float(raw)
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}SERVE_{name.upper()}={raw!r} is not a number") from exc
+    policy = env.get(f"{ENV_PREFIX}SERVE_POLICY")
+    if policy:
+        kwargs["policy"] = policy
     token_file = env.get(f"{ENV_PREFIX}TOKEN_FILE")
     if token_file:
         kwargs["token"] = read_token_file(token_file)
