@@ -38,7 +38,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from latentguard.conversation import Conversation
+from latentguard.conversation import Conversation, ConversationError, as_conversation
 from latentguard.generation import Sampling
 from latentguard.guard.serve.backend import GuardBackend
 from latentguard.guard.serve.chat_backend import ChatCall, ChatInputError, chat_checked, fail_closed_chat
@@ -205,29 +205,19 @@ def moderation_result(verdict: Verdict, threshold: float | None) -> ModerationRe
 def _check_conversation(body: ChatCompletionRequest, config: ServeConfig) -> Conversation:
     if body.n not in (None, 1):
         raise ApiError(400, f"n must be 1 (got {body.n}): this server returns one choice")
-    if not body.messages:
-        raise ApiError(400, "messages must not be empty")
     if len(body.messages) > config.max_messages:
         raise ApiError(413, f"too many messages: {len(body.messages)} > {config.max_messages}")
-    out: Conversation = []
-    for i, m in enumerate(body.messages):
-        content = m.content
-        if isinstance(content, list):
-            if any(
-                not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str)
-                for p in content
-            ):
-                raise ApiError(400, f"message {i}: only text content parts are supported")
-            content = "\n".join(p["text"] for p in content)
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": content or ""})
-    total = sum(len(m["content"]) for m in out)
+    raw = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages
+    ]
+    try:
+        messages = as_conversation(raw)
+    except ConversationError as exc:
+        raise ApiError(400, str(exc)) from exc
+    total = sum(len(m["content"]) for m in messages)
     if total > config.max_conversation_chars:
         raise ApiError(413, f"conversation too long: {total} > {config.max_conversation_chars} characters")
-    users = [m for m in out if m["role"] == "user"]
-    if not users or not users[-1]["content"].strip():
-        raise ApiError(400, "the conversation needs a last user message with text")
-    return out
+    return messages
 
 
 def _sampling(body: ChatCompletionRequest) -> Sampling:
