@@ -8,10 +8,14 @@ On the same prompts, in one run:
 * guarded generation (guard read from the same prefill) against plain generation, as the median
   of paired runs in alternating order;
 * the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
-  compared with the guard's own ``check`` of the same prompt.
+  compared with the guard's own ``check`` of the same prompt;
+* chat completions (``chat``): the latency of ``POST /v1/chat/completions`` with the guard fused
+  against the same server with the guard off (``--no-guard``; paired requests in alternating order,
+  policy ``allow`` so both generate the same tokens), ``/v1/moderations`` against ``/v1/classify``
+  throughput with 8 concurrent clients, and the time to the first streamed token against the total.
 
     python benchmarks/guard.py [--model organism] [--n 64] [--guard runs/guard-eval/guard]
-        [--parts standalone,fused,server]
+        [--parts standalone,fused,server,chat]
 
 Without ``--guard`` it fits a probe guard on the built-in sets first.
 """
@@ -198,7 +202,112 @@ def server(lm: Any, guard: Any, mixed: list[str]) -> None:
     )
 
 
-PARTS = ("standalone", "fused", "server")
+def start_server(app: Any) -> tuple[str, Any]:
+    """Run ``app`` with uvicorn on a free loopback port; returns its URL and a function that stops it."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+
+    def stop() -> None:
+        srv.should_exit = True
+        th.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: int) -> None:
+    """Chat completions: guard fused vs off, moderations vs classify (8 clients), time to first token."""
+    import httpx
+
+    from latentguard.guard.serve import ServeConfig, create_app
+
+    config = ServeConfig(policy="allow", max_new_tokens_limit=max(512, max_new_tokens))
+    on_url, stop_on = start_server(create_app(LatentGuardBackend(lm, guard), config))
+    off_url, stop_off = start_server(create_app(LatentGuardBackend(lm, guard, guard_enabled=False), config))
+    body = {"model": "m", "max_tokens": max_new_tokens, "temperature": 0}
+    try:
+        with httpx.Client(timeout=300) as c:
+
+            def ask(url: str, p: str) -> tuple[float, dict[str, Any]]:
+                t0 = time.perf_counter()
+                r = c.post(
+                    f"{url}/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": p}]}
+                )
+                return time.perf_counter() - t0, r.json()
+
+            ask(on_url, prompts[0]), ask(off_url, prompts[0])  # warm-up
+            ratios, same, t_on, t_off = [], 0, [], []
+            for k in range(repeats):
+                for i, p in enumerate(prompts):
+                    first, second = (on_url, off_url) if (i + k) % 2 == 0 else (off_url, on_url)
+                    a, ra = ask(first, p)
+                    b, rb = ask(second, p)
+                    on, off = (a, b) if first == on_url else (b, a)
+                    r_on, r_off = (ra, rb) if first == on_url else (rb, ra)
+                    ratios.append(on / off)
+                    t_on.append(on)
+                    t_off.append(off)
+                    same += (
+                        r_on["choices"][0]["message"]["content"] == r_off["choices"][0]["message"]["content"]
+                    )
+            overhead = float(np.median(ratios)) - 1
+            emit(
+                f"chat completions, {len(ratios)} paired requests of {max_new_tokens} tokens: median "
+                f"{1000 * np.median(t_on):.0f} ms with the guard fused, {1000 * np.median(t_off):.0f} ms with "
+                f"--no-guard; overhead {100 * overhead:+.2f}% (median of paired ratios); {same}/{len(ratios)} "
+                "identical answers"
+            )
+            emit(f"chat_guard_overhead={overhead:.4f}")
+
+            ttft, total = [], []
+            for p in prompts:
+                t0 = time.perf_counter()
+                first_at = None
+                payload = {**body, "stream": True, "messages": [{"role": "user", "content": p}]}
+                with c.stream("POST", f"{on_url}/v1/chat/completions", json=payload) as r:
+                    for line in r.iter_lines():
+                        if first_at is None and line.startswith("data: {") and '"content": "' in line:
+                            first_at = time.perf_counter() - t0
+                total.append(time.perf_counter() - t0)
+                ttft.append(first_at if first_at is not None else total[-1])
+            emit(
+                f"streaming: median time to first token {1000 * np.median(ttft):.0f} ms of "
+                f"{1000 * np.median(total):.0f} ms total ({100 * np.median(ttft) / np.median(total):.1f}%)"
+            )
+
+        n_clients, per_client = 8, 25
+
+        async def run(path: str, key: str) -> float:
+            async def client(cid: int) -> None:
+                async with httpx.AsyncClient(base_url=on_url, timeout=300) as ac:
+                    for k in range(per_client):
+                        p = prompts[(cid * per_client + k) % len(prompts)]
+                        r = await ac.post(path, json={key: [p]})
+                        assert r.status_code == 200, r.text
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(n_clients)))
+            return n_clients * per_client / (time.perf_counter() - t0)
+
+        mod = asyncio.run(run("/v1/moderations", "input"))
+        cls = asyncio.run(run("/v1/classify", "prompts"))
+        emit(
+            f"moderations: {n_clients} clients x {per_client} requests: {mod:,.1f} requests/s against "
+            f"{cls:,.1f} for /v1/classify ({mod / cls:.2f}x)"
+        )
+    finally:
+        stop_on()
+        stop_off()
+
+
+PARTS = ("standalone", "fused", "server", "chat")
 
 
 def main() -> None:
@@ -211,6 +320,8 @@ def main() -> None:
         "--generation-repeats", type=int, default=11, help="paired plain/fused generation runs (median ratio)"
     )
     ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
+    ap.add_argument("--chat-n", type=int, default=16, help="prompts of the chat-completions part")
+    ap.add_argument("--chat-repeats", type=int, default=2, help="rounds of paired chat requests")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -234,6 +345,8 @@ def main() -> None:
         fused(lm, guard, prompts, args.max_new_tokens, args.generation_repeats)
     if "server" in parts:
         server(lm, guard, prompts + harmful[:32])
+    if "chat" in parts:
+        chat(lm, guard, prompts[: args.chat_n], args.max_new_tokens, args.chat_repeats)
 
 
 if __name__ == "__main__":
