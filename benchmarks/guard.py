@@ -228,7 +228,7 @@ def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: 
 
     from latentguard.guard.serve import ServeConfig, create_app
 
-    config = ServeConfig(policy="allow", max_new_tokens_limit=max(512, max_new_tokens))
+    config = ServeConfig(policy="allow", max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600)
     on_url, stop_on = start_server(create_app(LatentGuardBackend(lm, guard), config))
     off_url, stop_off = start_server(create_app(LatentGuardBackend(lm, guard, guard_enabled=False), config))
     body = {"model": "m", "max_tokens": max_new_tokens, "temperature": 0}

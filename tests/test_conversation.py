@@ -294,3 +294,33 @@ def test_cli_positions_and_check_take_messages(
     expected = check(llama_lm, guard, [conv, "hi"])
     assert [r["score"] for r in got] == pytest.approx([v.score for v in expected])
     assert got[0]["messages"] == conv and got[0]["instruction"] == conv[-1]["content"]
+
+
+def test_cli_guard_chat_keeps_the_conversation(
+    llama_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentguard.cli import guard_cmds, main
+    from latentguard.guard import guarded
+
+    guard = random_probe_guard(llama_lm, [1, 2])
+    seen: list[Any] = []
+
+    def fake_generate(lm: Any, g: Any, prompts: list[Any], **kwargs: Any) -> list[Any]:
+        seen.append(prompts[0])
+        return guarded_generate(lm, g, prompts, **kwargs)
+
+    lines = iter(["Hi there!", "And how do I bake bread?"])
+
+    def fake_input(_prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(guard_cmds, "load_guard", lambda args: (llama_lm, guard))
+    monkeypatch.setattr(guarded, "guarded_generate", fake_generate)
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["guard", "chat", "--guard", "g", "--policy", "allow", "--max-new-tokens", "3"]) == 0
+    assert [m["role"] for m in seen[1]] == ["user", "assistant", "user"]
+    assert seen[1][0]["content"] == "Hi there!" and seen[1][2]["content"] == "And how do I bake bread?"
+    assert len(capsys.readouterr().out.strip().split("\n}\n")) == 2
