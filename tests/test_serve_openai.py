@@ -329,3 +329,38 @@ def test_real_server_blocks_harmful_streams_in_one_chunk(guarded_server: tuple[s
     )
     mod = client.moderations.create(input="hi")
     assert mod.results[0].flagged and any(mod.results[0].categories.model_dump().values()) is not None
+
+
+def test_chat_completion_repairs_over_refusals(llama_lm: LoadedModel) -> None:
+    import torch
+    from fastapi.testclient import TestClient
+    from test_guard import FakeJudge
+
+    from latentguard.directions import Directions
+    from latentguard.guard.guarded import LatentGuardBackend
+
+    guard = random_probe_guard(llama_lm, [1, 2])
+    guard.threshold = 1e9  # harmless: every answer is judged, and the fake judge calls it a refusal
+    g = torch.Generator().manual_seed(3)
+    refusal = Directions(
+        vectors={i: torch.randn(llama_lm.d_model, generator=g) for i in range(1, 4)},
+        kind="refusal",
+        position="t_post_inst",
+        fingerprint=llama_lm.fingerprint,
+    )
+    judge = FakeJudge()
+    backend = LatentGuardBackend(llama_lm, guard, judge=judge, repair=True, refusal_direction=refusal)
+    with TestClient(create_app(backend, ServeConfig())) as client:
+        body = {"messages": CONVERSATIONS["multi turn"], "max_tokens": 6}
+        plain = client.post(CHAT, json=body).json()
+        streamed = sse(client.post(CHAT, json={**body, "stream": True}).text)
+    assert plain["latentguard"]["repaired"] is True
+    (reply,) = (backend.chat(CONVERSATIONS["multi turn"], max_new_tokens=6, policy="block"),)
+    assert plain["choices"][0]["message"]["content"] == reply.repaired_response != reply.response
+    assert (
+        "".join(c["choices"][0]["delta"]["content"] or "" for c in streamed if c["choices"])
+        == reply.repaired_response
+    )
+    assert judge.seen[0][1] == [
+        CONVERSATIONS["multi turn"][-1]["content"]
+    ]  # the judge reads the last user turn
