@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import fastapi
 import uvicorn
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["create_app", "run"]
 
 
+_Prompts = TypeVar("_Prompts", bound=Sequence[Prompt])
+
+
 class _ServiceState:
     """Per-app mutable state (created in the lifespan)."""
 
@@ -62,12 +65,15 @@ class _ServiceState:
         self.batcher: ClassifyBatcher | None = None
 
 
-def _check_prompts(prompts: Sequence[Prompt], config: ServeConfig) -> None:
+def _check_prompts(prompts: _Prompts, config: ServeConfig) -> _Prompts:
     """Enforce the prompt limits.
 
     Args:
         prompts: Prompts (instructions, or conversations from the compatible routes).
         config: Service settings.
+
+    Returns:
+        The prompts, unchanged.
 
     Raises:
         ApiError: 422 for an empty list or a blank prompt, 413 for too many or too long prompts.
@@ -84,6 +90,7 @@ def _check_prompts(prompts: Sequence[Prompt], config: ServeConfig) -> None:
             raise ApiError(413, f"prompt {i} has too many messages: {len(prompt)} > {config.max_messages}")
         if not last_user_text(prompt).strip():
             raise ApiError(422, f"prompt {i} is empty or whitespace")
+    return prompts
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
@@ -174,7 +181,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
 
     async def classify_checked(prompts: Sequence[Prompt]) -> list[Verdict]:
         """Classify prompts through the batcher: the limits, the timeout and the metrics of classify."""
-        _check_prompts(prompts, config)
+        prompts = _check_prompts(prompts, config)
         batcher = state.batcher
         if batcher is None or not batcher.running:
             raise ServiceUnavailable("the guard is not running")
@@ -210,8 +217,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
     )
     async def generate(body: GenerateRequest) -> GenerateResponse:
         """Generate a response per prompt; harmful prompts are blocked, flagged or allowed per ``policy``."""
-        prompts = body.prompts
-        _check_prompts(prompts, config)
+        prompts = _check_prompts(body.prompts, config)
         if "max_new_tokens" in body.model_fields_set:
             max_new_tokens = body.max_new_tokens
         else:
