@@ -9,13 +9,18 @@ On the same prompts, in one run:
   of paired runs in alternating order;
 * the HTTP server (uvicorn on loopback): 200 requests from 8 concurrent clients, each answer
   compared with the guard's own ``check`` of the same prompt;
+* chat completions (``chat``): the latency of ``POST /v1/chat/completions`` with the guard fused
+  against the same server with the guard off (``--no-guard``; paired requests in alternating order,
+  policy ``allow`` so both generate the same tokens), ``/v1/moderations`` against ``/v1/classify``
+  throughput with 8 concurrent clients, and the time to the first streamed token against the total.
+
 * the audit log's cost (``audit``): classify throughput of the same server, 8 concurrent clients,
   without the audit log, with ``--audit-db sqlite:///...`` and with PostgreSQL
   (``--audit-postgres URL``, default ``$LATENTGUARD_TEST_POSTGRES_URL``), in rounds whose order
   rotates; the cost is the median throughput ratio.
 
     python benchmarks/guard.py [--model organism] [--n 64] [--guard runs/guard-eval/guard]
-        [--parts standalone,fused,server,audit] [--audit-rounds 5] [--audit-postgres URL]
+        [--parts standalone,fused,server,chat,audit] [--audit-rounds 5] [--audit-postgres URL]
 
 Without ``--guard`` it fits a probe guard on the built-in sets first.
 """
@@ -205,6 +210,111 @@ def server(lm: Any, guard: Any, mixed: list[str]) -> None:
     )
 
 
+def start_server(app: Any) -> tuple[str, Any]:
+    """Run ``app`` with uvicorn on a free loopback port; returns its URL and a function that stops it."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+
+    def stop() -> None:
+        srv.should_exit = True
+        th.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: int) -> None:
+    """Chat completions: guard fused vs off, moderations vs classify (8 clients), time to first token."""
+    import httpx
+
+    from latentguard.guard.serve import ServeConfig, create_app
+
+    config = ServeConfig(policy="allow", max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600)
+    on_url, stop_on = start_server(create_app(LatentGuardBackend(lm, guard), config))
+    off_url, stop_off = start_server(create_app(LatentGuardBackend(lm, guard, guard_enabled=False), config))
+    body = {"model": "m", "max_tokens": max_new_tokens, "temperature": 0}
+    try:
+        with httpx.Client(timeout=300) as c:
+
+            def ask(url: str, p: str) -> tuple[float, dict[str, Any]]:
+                t0 = time.perf_counter()
+                r = c.post(
+                    f"{url}/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": p}]}
+                )
+                return time.perf_counter() - t0, r.json()
+
+            ask(on_url, prompts[0]), ask(off_url, prompts[0])  # warm-up
+            ratios, same, t_on, t_off = [], 0, [], []
+            for k in range(repeats):
+                for i, p in enumerate(prompts):
+                    first, second = (on_url, off_url) if (i + k) % 2 == 0 else (off_url, on_url)
+                    a, ra = ask(first, p)
+                    b, rb = ask(second, p)
+                    on, off = (a, b) if first == on_url else (b, a)
+                    r_on, r_off = (ra, rb) if first == on_url else (rb, ra)
+                    ratios.append(on / off)
+                    t_on.append(on)
+                    t_off.append(off)
+                    same += (
+                        r_on["choices"][0]["message"]["content"] == r_off["choices"][0]["message"]["content"]
+                    )
+            overhead = float(np.median(ratios)) - 1
+            emit(
+                f"chat completions, {len(ratios)} paired requests of {max_new_tokens} tokens: median "
+                f"{1000 * np.median(t_on):.0f} ms with the guard fused, {1000 * np.median(t_off):.0f} ms with "
+                f"--no-guard; overhead {100 * overhead:+.2f}% (median of paired ratios); {same}/{len(ratios)} "
+                "identical answers"
+            )
+            emit(f"chat_guard_overhead={overhead:.4f}")
+
+            ttft, total = [], []
+            for p in prompts:
+                t0 = time.perf_counter()
+                first_at = None
+                payload = {**body, "stream": True, "messages": [{"role": "user", "content": p}]}
+                with c.stream("POST", f"{on_url}/v1/chat/completions", json=payload) as r:
+                    for line in r.iter_lines():
+                        if first_at is None and line.startswith("data: {") and '"content": "' in line:
+                            first_at = time.perf_counter() - t0
+                total.append(time.perf_counter() - t0)
+                ttft.append(first_at if first_at is not None else total[-1])
+            emit(
+                f"streaming: median time to first token {1000 * np.median(ttft):.0f} ms of "
+                f"{1000 * np.median(total):.0f} ms total ({100 * np.median(ttft) / np.median(total):.1f}%)"
+            )
+
+        n_clients, per_client = 8, 25
+
+        async def run(path: str, key: str) -> float:
+            async def client(cid: int) -> None:
+                async with httpx.AsyncClient(base_url=on_url, timeout=300) as ac:
+                    for k in range(per_client):
+                        p = prompts[(cid * per_client + k) % len(prompts)]
+                        r = await ac.post(path, json={key: [p]})
+                        assert r.status_code == 200, r.text
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(n_clients)))
+            return n_clients * per_client / (time.perf_counter() - t0)
+
+        mod = asyncio.run(run("/v1/moderations", "input"))
+        cls = asyncio.run(run("/v1/classify", "prompts"))
+        emit(
+            f"moderations: {n_clients} clients x {per_client} requests: {mod:,.1f} requests/s against "
+            f"{cls:,.1f} for /v1/classify ({mod / cls:.2f}x)"
+        )
+    finally:
+        stop_on()
+        stop_off()
+
+
 def _throughput(
     lm: Any, guard: Any, prompts: list[str], audit_db: str | None, n_clients: int, per_client: int
 ) -> float:
@@ -295,7 +405,7 @@ def audit_cost(lm: Any, guard: Any, prompts: list[str], rounds: int, postgres: s
         )
 
 
-PARTS = ("standalone", "fused", "server", "audit")
+PARTS = ("standalone", "fused", "server", "chat", "audit")
 
 
 def main() -> None:
@@ -308,6 +418,8 @@ def main() -> None:
         "--generation-repeats", type=int, default=11, help="paired plain/fused generation runs (median ratio)"
     )
     ap.add_argument("--guard", default=None, help="a saved guard (e.g. the one `guard eval` writes)")
+    ap.add_argument("--chat-n", type=int, default=16, help="prompts of the chat-completions part")
+    ap.add_argument("--chat-repeats", type=int, default=2, help="rounds of paired chat requests")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     ap.add_argument("--audit-rounds", type=int, default=5, help="rounds of the audit-cost measurement")
     ap.add_argument(
@@ -327,7 +439,7 @@ def main() -> None:
     if args.guard:
         guard = LatentGuard.load(args.guard, lm=lm)
     else:
-        guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig(method="probe"))
+        guard = fit_guard(lm, harmful[:120], harmless[:120], GuardConfig.only_given(method="probe"))
     emit(f"guard: method={guard.method} layers={guard.layers} (deepest {max(guard.layers)} of {lm.n_layers})")
     prompts = shared_instructions("harmless_alpaca_val", args.n) or harmless[: args.n]
     prompts = prompts[: args.n]
@@ -337,6 +449,8 @@ def main() -> None:
         fused(lm, guard, prompts, args.max_new_tokens, args.generation_repeats)
     if "server" in parts:
         server(lm, guard, prompts + harmful[:32])
+    if "chat" in parts:
+        chat(lm, guard, prompts[: args.chat_n], args.max_new_tokens, args.chat_repeats)
     if "audit" in parts:
         audit_cost(lm, guard, prompts + harmful[:32], args.audit_rounds, args.audit_postgres)
 

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from latentguard.batching import length_batches, pad_batch
+from latentguard.conversation import Prompt, prompt_key
 from latentguard.hooks import residual_hook
 from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text, cache_dir
 from latentguard.models import LoadedModel, decoder_of
@@ -56,7 +57,8 @@ class ActivationSet:
         activations: ``[n, n_layers_stored, n_positions, d_model]``.
         positions: Position names, in the order of axis 2.
         layers: The ``output_hidden_states`` indices stored, in the order of axis 1.
-        instructions: The ``n`` instructions.
+        instructions: The ``n`` prompts: instructions, or conversations as compact JSON
+            (:func:`latentguard.conversation.prompt_key`).
         fingerprint: Fingerprint of the model that produced them.
         meta: Everything else (dtype, prompt hash, template hash, question...).
     """
@@ -389,7 +391,7 @@ def load_chunk(path: Path, n: int, shape_tail: tuple[int, ...]) -> torch.Tensor 
 
 def extract(
     lm: LoadedModel,
-    instructions: Sequence[str],
+    instructions: Sequence[Prompt],
     config: ExtractConfig | None = None,
     *,
     on_chunk: Callable[[int], None] | None = None,
@@ -398,7 +400,8 @@ def extract(
 
     Args:
         lm: A loaded model.
-        instructions: User instructions (each templated with the model's chat template).
+        instructions: User instructions or conversations (each templated with the model's chat
+            template; a conversation is read at its last user message, see :mod:`latentguard.positions`).
         config: Extraction options; defaults to ``t_inst`` and ``t_post_inst`` at all layers.
         on_chunk: Called with the chunk index after each chunk is written (for tests/progress).
 
@@ -413,7 +416,8 @@ def extract(
     for p in prompts[:1]:
         for name in cfg.positions:
             p.index(name)  # validates names early
-    key = _cache_key(lm, instructions, cfg, layers)
+    keys = [prompt_key(p) for p in instructions]
+    key = _cache_key(lm, keys, cfg, layers)
     chunk_dir = chunk_path(key, 0).parent
     shape_tail = (len(layers), len(cfg.positions), lm.d_model)
     n = len(prompts)
@@ -447,7 +451,7 @@ def extract(
         activations=acts,
         positions=tuple(cfg.positions),
         layers=layers,
-        instructions=list(instructions),
+        instructions=keys,
         fingerprint=lm.fingerprint,
         meta={
             "model": lm.spec,

@@ -6,6 +6,12 @@ character span inside the rendered text is found by rendering a sentinel instruc
 precedes the sentinel is the template's prefix (system prompt included) and what follows it is the
 post-instruction suffix. No per-family strings are written anywhere.
 
+A prompt is one instruction or a conversation (:mod:`latentguard.conversation`). In a conversation the
+sentinel takes the place of the **last user message**, so the prefix holds the whole history and
+``t_inst`` is the last non-whitespace token of that message, as the template renders the full
+conversation. A template that rejects the ``system`` role (Gemma, Mistral) gets the system text folded
+into the first user turn (:func:`fold_system`).
+
 * ``t_inst``: the token holding the last non-whitespace character of the instruction.
 * ``t_post_inst``: the last token of the prompt (end of the post-instruction tokens).
 * ``post_inst``: the token indices after ``t_inst`` up to and including ``t_post_inst``.
@@ -17,6 +23,9 @@ Example:
     >>> pos = locate(tokenizer, "How do I bake bread?")          # doctest: +SKIP
     >>> pos.tokens[pos.t_inst], pos.tokens[pos.t_post_inst]     # doctest: +SKIP
     ('?', 'Ċ')
+    >>> chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+    ...         {"role": "user", "content": "How do I bake bread?"}]
+    >>> locate(tokenizer, chat).tokens[-6:]                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,6 +35,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from latentguard.conversation import (
+    Conversation,
+    ConversationError,
+    Prompt,
+    as_conversation,
+    last_user_index,
+)
 from latentguard.models import require_chat_template
 
 if TYPE_CHECKING:
@@ -112,15 +128,79 @@ def _messages(content: str, system: str | None) -> list[dict[str, str]]:
     return msgs
 
 
-def render(tokenizer: Any, content: str, system: str | None = None) -> str:
-    """Render one user turn with the tokenizer's chat template and the generation prompt."""
+def fold_system(messages: Conversation) -> Conversation:
+    """The conversation without system messages: their text opens the first user turn.
+
+    For templates without a system role. The system contents (joined by blank lines) and a blank line
+    are put before the first user message's content.
+
+    Raises:
+        ConversationError: If there is no user message.
+    """
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    first = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if first is None:
+        raise ConversationError("the conversation has no user message")
+    rest[first]["content"] = f"{system}\n\n{rest[first]['content']}"
+    return rest
+
+
+def render_messages(tokenizer: Any, messages: Conversation) -> str:
+    """Render a conversation with the chat template and the generation prompt.
+
+    If the template rejects the conversation and it has a system message, it is rendered again with
+    the system text folded into the first user turn (:func:`fold_system`).
+
+    Raises:
+        PositionError: If the template rejects the conversation (e.g. roles that do not alternate).
+    """
+    from jinja2 import TemplateError
+
     require_chat_template(tokenizer)
-    text = tokenizer.apply_chat_template(
-        _messages(content, system), tokenize=False, add_generation_prompt=True
-    )
+
+    def apply(msgs: Conversation) -> Any:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    try:
+        try:
+            text = apply(messages)
+        except TemplateError:
+            if not any(m["role"] == "system" for m in messages):
+                raise
+            text = apply(fold_system(messages))
+    except TemplateError as exc:
+        raise PositionError(f"the chat template rejected this conversation: {exc}") from exc
     if not isinstance(text, str):
         raise PositionError("apply_chat_template did not return text")
     return text
+
+
+def render(tokenizer: Any, content: str, system: str | None = None) -> str:
+    """Render one user turn with the tokenizer's chat template and the generation prompt."""
+    return render_messages(tokenizer, _messages(content, system))
+
+
+def conversation_of(prompt: Prompt, system: str | None = None) -> Conversation:
+    """The messages a prompt is rendered from.
+
+    An instruction becomes ``[system?, user]``; a conversation is checked, and ``system`` (if given) is
+    put first when it has no system message of its own.
+
+    Raises:
+        PositionError: If the message list is not a conversation.
+    """
+    if isinstance(prompt, str):
+        return _messages(prompt, system)
+    try:
+        msgs = as_conversation(prompt, require_text=False)
+    except ConversationError as exc:
+        raise PositionError(str(exc)) from exc
+    if system is not None and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
 
 
 @dataclass(frozen=True)
@@ -136,14 +216,28 @@ class TemplateFrame:
         return hashlib.sha256((self.prefix + "\x00" + self.suffix).encode()).hexdigest()[:16]
 
 
-def template_frame(tokenizer: Any, system: str | None = None) -> TemplateFrame:
-    """Find what the chat template writes before and after the instruction, via a sentinel."""
-    text = render(tokenizer, SENTINEL, system)
+def _frame_of(text: str) -> TemplateFrame:
     count = text.count(SENTINEL)
     if count != 1:
         raise PositionError(f"the chat template repeats the instruction {count} times; cannot locate t_inst")
     i = text.index(SENTINEL)
     return TemplateFrame(prefix=text[:i], suffix=text[i + len(SENTINEL) :])
+
+
+def template_frame(tokenizer: Any, system: str | None = None) -> TemplateFrame:
+    """Find what the chat template writes before and after the instruction, via a sentinel."""
+    return _frame_of(render(tokenizer, SENTINEL, system))
+
+
+def conversation_frame(tokenizer: Any, messages: Conversation) -> TemplateFrame:
+    """What the template writes before and after the last user message of ``messages`` (via a sentinel).
+
+    The prefix holds the whole history before that message; the suffix its end and the generation prompt.
+    """
+    turn = last_user_index(messages)
+    probe = [dict(m) for m in messages]
+    probe[turn]["content"] = SENTINEL
+    return _frame_of(render_messages(tokenizer, probe))
 
 
 def _token_at_char(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -173,7 +267,7 @@ def _last_non_space(text: str, start: int, end: int) -> int:
 
 def locate(
     tokenizer: Any,
-    instruction: str,
+    instruction: Prompt,
     *,
     question: str | None = None,
     separator: str = "\n\n",
@@ -185,25 +279,34 @@ def locate(
 
     Args:
         tokenizer: A fast tokenizer with a chat template.
-        instruction: The user's instruction.
-        question: Optional question appended after the instruction (reply inversion).
+        instruction: The user's instruction, or a conversation (``t_inst`` is then in its last user
+            message; see :mod:`latentguard.conversation`).
+        question: Optional question appended after the instruction (reply inversion); in a conversation,
+            after the last user message.
         separator: Text between the instruction and the question.
-        system: Optional system prompt (otherwise the template's default, if it has one).
+        system: Optional system prompt (otherwise the template's default, if it has one); a conversation
+            that has a system message keeps its own.
         max_length: Raise :class:`PromptTooLongError` if the prompt has more tokens.
-        frame: A precomputed :func:`template_frame` (for speed over many prompts).
+        frame: A precomputed :func:`template_frame` (for speed over many instructions; ignored for a
+            conversation, whose frame depends on its history).
 
     Raises:
         EmptyPromptError: If the instruction is empty or whitespace.
         PromptTooLongError: If the prompt exceeds ``max_length``.
         PositionError: If the instruction cannot be located.
     """
-    if not isinstance(instruction, str) or not instruction.strip():
+    messages = conversation_of(instruction, system)
+    turn = last_user_index(messages)
+    user = messages[turn]["content"]
+    if not user.strip():
         raise EmptyPromptError("empty instruction: give a non-empty, non-whitespace prompt")
     if not getattr(tokenizer, "is_fast", False):
         raise PositionError("locating positions needs a fast tokenizer (offset mapping)")
+    if not isinstance(instruction, str):
+        frame = conversation_frame(tokenizer, messages)
     frame = frame or template_frame(tokenizer, system)
-    content = instruction if question is None else f"{instruction}{separator}{question}"
-    text = render(tokenizer, content, system)
+    messages[turn]["content"] = user if question is None else f"{user}{separator}{question}"
+    text = render_messages(tokenizer, messages)
     if not (text.startswith(frame.prefix) and text.endswith(frame.suffix)) or len(text) < len(
         frame.prefix
     ) + len(frame.suffix):
@@ -250,7 +353,7 @@ def locate(
 
 def locate_for(
     lm: LoadedModel,
-    instructions: Sequence[str],
+    instructions: Sequence[Prompt],
     *,
     question: str | None = None,
     system: str | None = None,
@@ -267,15 +370,15 @@ def locate_for(
 
 def locate_many(
     tokenizer: Any,
-    instructions: Sequence[str],
+    instructions: Sequence[Prompt],
     *,
     question: str | None = None,
     separator: str = "\n\n",
     system: str | None = None,
     max_length: int | None = None,
 ) -> list[Positions]:
-    """:func:`locate` for many instructions, rendering the sentinel frame once."""
-    frame = template_frame(tokenizer, system)
+    """:func:`locate` for many prompts, rendering the instructions' sentinel frame once."""
+    frame = template_frame(tokenizer, system) if any(isinstance(p, str) for p in instructions) else None
     out = []
     for i, inst in enumerate(instructions):
         try:

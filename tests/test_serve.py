@@ -836,7 +836,9 @@ def test_result_schemas_mirror_the_result_types() -> None:
     from latentguard.guard.types import GuardedReply, Verdict
 
     assert ClassifyResult is Verdict and GenerateResult is GuardedReply
-    assert list(ClassifyItem.model_fields) == [f.name for f in fields(Verdict)]
+    # the chat-completion and moderation fields are on the OpenAI routes' wire forms (openai_schemas)
+    openai_only = {"category_scores", "finish_reason", "prompt_tokens", "completion_tokens"}
+    assert list(ClassifyItem.model_fields) == [f.name for f in fields(Verdict) if f.name not in openai_only]
     assert list(GenerateItem.model_fields) == [
         "harmful",
         "score",
@@ -847,7 +849,10 @@ def test_result_schemas_mirror_the_result_types() -> None:
         "error",
         "normalized",
     ]
-    assert set(GenerateItem.model_fields) == {f.name for f in fields(GuardedReply)} - {"refused"}
+    assert set(GenerateItem.model_fields) == {f.name for f in fields(GuardedReply)} - {
+        "refused",
+        *openai_only,
+    }
     verdict = Verdict(harmful=True, score=0.75, layer_scores={3: 0.5})
     assert ClassifyItem.from_result(verdict).model_dump_json() == (
         '{"harmful":true,"score":0.75,"layer_scores":{"3":0.5},"error":null,"normalized":false}'

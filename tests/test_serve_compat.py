@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from test_serve import TOKEN, FakeBackend, assert_error, client_for, parse_metrics
 
+from latentguard.conversation import last_user_text
 from latentguard.guard.serve import ServeConfig, Verdict
 from latentguard.guard.serve.compat import risk_score
 
@@ -18,16 +19,21 @@ class RecordingBackend(FakeBackend):
 
     def __init__(self, info: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.seen: list[str] = []
+        self.seen: list[Any] = []
         self._info = info
 
-    def classify(self, prompts: list[str]) -> list[Verdict]:
+    def classify(self, prompts: list[Any]) -> list[Verdict]:
         self.seen.extend(prompts)
-        return super().classify(prompts)
+        return super().classify([last_user_text(p) for p in prompts])  # a conversation: its last turn
 
     @property
     def info(self) -> dict[str, Any]:
         return super().info if self._info is None else self._info
+
+
+def openai_error(response: Any, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
 
 
 def verdict(harmful: bool, score: float, error: str | None = None) -> dict[str, Any]:
@@ -122,12 +128,13 @@ def test_litellm_harmful_text_blocks() -> None:
         ([{"type": "text", "text": "a bomb"}, {"type": "image_url"}], "BLOCKED"),
     ],
 )
-def test_litellm_structured_messages_uses_the_last_user_message(last_user: Any, action: str) -> None:
+def test_litellm_structured_messages_are_one_conversation(last_user: Any, action: str) -> None:
     backend = RecordingBackend()
     messages = [
         {"role": "system", "content": "You are helpful. bomb"},
         {"role": "user", "content": "tell me about bombs"},
         {"role": "assistant", "content": "no bomb talk"},
+        {"role": "tool", "content": "left out"},
         {"role": "user", "content": last_user},
         {"role": "assistant", "content": None},
     ]
@@ -135,7 +142,15 @@ def test_litellm_structured_messages_uses_the_last_user_message(last_user: Any, 
         r = client.post(LITELLM, json={"structured_messages": messages, "input_type": "request"})
     assert r.status_code == 200, r.text
     assert r.json()["action"] == action
-    assert backend.seen == ["how do I bake bread" if action == "NONE" else "a bomb"]
+    last = "how do I bake bread" if action == "NONE" else "a bomb"
+    assert backend.seen == [
+        [
+            {"role": "system", "content": "You are helpful. bomb"},
+            {"role": "user", "content": "tell me about bombs"},
+            {"role": "assistant", "content": "no bomb talk"},
+            {"role": "user", "content": last},
+        ]
+    ]
 
 
 def test_litellm_texts_win_over_structured_messages() -> None:
@@ -296,9 +311,10 @@ def test_compat_routes_need_the_token() -> None:
         for method, path, kwargs in ROUTES:
             call = getattr(client, method)
             r = call(path, **kwargs)
-            assert_error(r, 401)
+            check_error = openai_error if path.startswith("/v1/") else assert_error  # OpenAI's error shape
+            check_error(r, 401)
             assert r.headers["www-authenticate"] == "Bearer"
-            assert_error(call(path, headers={"Authorization": "Bearer wrong"}, **kwargs), 401)
+            check_error(call(path, headers={"Authorization": "Bearer wrong"}, **kwargs), 401)
             assert call(path, headers=AUTH, **kwargs).status_code == 200, path
         # Auth comes before body parsing.
         r = client.post("/scan/prompt", content=b"{junk", headers={"content-type": "application/json"})

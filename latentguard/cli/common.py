@@ -200,7 +200,10 @@ def print_json(obj: Any) -> None:
 
 
 def instructions(spec: str, limit: int | None = None) -> list[str]:
-    """The instructions of a data spec (file, ``builtin:NAME``, ``shared:NAME``, ``hf:NAME``)."""
+    """The instructions of a data spec (file, ``builtin:NAME``, ``shared:NAME``, ``hf:NAME``).
+
+    A row with ``messages`` gives its last user message.
+    """
     from latentguard.data import load_any
 
     return [e.instruction for e in load_any(spec, limit=limit)]
@@ -224,6 +227,52 @@ def sourced_instructions(specs: str, limit: int | None = None) -> tuple[list[str
             texts += got
             sources += [spec] * len(got)
     return texts, sources
+
+
+def prompts(spec: str, limit: int | None = None) -> list[Any]:
+    """The prompts of a data spec: each row's conversation (``messages``) if it has one, else its instruction."""
+    from latentguard.data import load_any
+
+    return [e.prompt for e in load_any(spec, limit=limit)]
+
+
+def add_messages_arg(p: argparse.ArgumentParser) -> None:
+    """``--messages``: a conversation as JSON text, or ``@FILE`` holding it (instead of ``--prompt``)."""
+    p.add_argument(
+        "--messages",
+        default=None,
+        help='a conversation instead of --prompt: JSON [{"role": "user", "content": ...}, ...] or @FILE '
+        "(t_inst is the last user message's last token)",
+    )
+
+
+def messages_arg(value: str) -> Any:
+    """The conversation ``--messages`` gives (JSON text, or ``@FILE``).
+
+    Raises:
+        DataError: If it is not a JSON conversation.
+    """
+    from latentguard.conversation import ConversationError, as_conversation
+    from latentguard.data import DataError
+
+    text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+    try:
+        return as_conversation(json.loads(text))
+    except (json.JSONDecodeError, ConversationError) as exc:
+        raise DataError(f"--messages: {exc}") from exc
+
+
+def prompt_arg(args: argparse.Namespace) -> Any:
+    """The one prompt a command was given: ``--messages`` (a conversation) or ``--prompt``, else ``None``.
+
+    Raises:
+        ValueError: If both are given.
+    """
+    if getattr(args, "messages", None) is not None:
+        if getattr(args, "prompt", None) is not None:
+            raise ValueError("give --prompt or --messages, not both")
+        return messages_arg(args.messages)
+    return getattr(args, "prompt", None)
 
 
 def write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:

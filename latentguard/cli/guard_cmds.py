@@ -13,12 +13,14 @@ from latentguard.cli.audit_cmds import add_audit_server_args
 from latentguard.cli.common import (
     add_config_options,
     add_engine_args,
+    add_messages_arg,
     add_model_args,
     config_from_args,
     engine_config,
     load_model,
     model_ref,
     print_json,
+    prompt_arg,
     sourced_instructions,
     write_jsonl,
 )
@@ -34,6 +36,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
     lookalikes = sourced_instructions(args.lookalikes, args.limit)[0] if args.lookalikes else []
     lm = load_model(args)
     cfg = config_from_args(GuardConfig, args, progress=not args.quiet)
+    categorised = category_rows(args.categories, args.limit) if args.categories else []
     guard = fit_guard(
         lm,
         harmful,
@@ -43,9 +46,46 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
         harmful_sources=harmful_sources,
         harmless_sources=harmless_sources,
     )
+    extra: dict[str, Any] = {}
+    if categorised:
+        from latentguard.guard.categories import fit_categories
+
+        guard.categories = fit_categories(
+            lm,
+            categorised,
+            harmless,
+            position=guard.position,
+            layer=guard.layers[len(guard.layers) // 2],
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        extra["category_head"] = {"layer": guard.categories.layer, **guard.categories.metrics}
     path = guard.save(args.out)
-    print_json({"out": str(path), **guard.summary()})
+    print_json({"out": str(path), **guard.summary(), **extra})
     return 0
+
+
+def category_rows(spec: str, limit: int | None) -> list[tuple[str, str]]:
+    """``(instruction, category)`` of the rows of ``spec`` that have a category (``guard fit --categories``).
+
+    Raises:
+        DataError: If no row has a category.
+    """
+    from latentguard.data import DataError, load_any
+
+    rows = [(e.instruction, e.category) for e in load_any(spec) if e.category]
+    if not rows:
+        raise DataError(f"{spec}: no row has a 'category' field")
+    if limit is None:
+        return rows
+    per: dict[str, int] = {}
+    kept = []
+    for inst, cat in rows:  # up to `limit` rows per category
+        per[cat] = per.get(cat, 0) + 1
+        if per[cat] <= limit:
+            kept.append((inst, cat))
+    return kept
 
 
 def load_guard(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -86,17 +126,20 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
 
     engine = engine_config(args)
 
-    def run(prompts: list[str], batch_size: int = 16) -> list[GuardResult]:
+    def run(prompts: list[Any], batch_size: int = 16) -> list[GuardResult]:
         if engine is None:
             lm, guard = load_guard(args)
             return check(lm, guard, prompts, batch_size=batch_size, normalize=not args.no_normalize)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("conversations ('messages') need --engine local")
         from latentguard import ray_engine
 
         guard_model(args)
         return ray_engine.check(model_ref(args), args.guard, prompts, engine, batch_size=batch_size)
 
-    if args.prompt is not None:
-        res = run([args.prompt])[0]
+    one = prompt_arg(args)
+    if one is not None:
+        res = run([one])[0]
         print_json(
             {
                 "harmful": res.harmful,
@@ -107,14 +150,15 @@ def cmd_guard_check(args: argparse.Namespace) -> int:
         )
         return 0
     if not (args.data and args.out):
-        raise ValueError("give --prompt TEXT, or --data FILE and --out FILE")
+        raise ValueError("give --prompt TEXT (or --messages JSON), or --data FILE and --out FILE")
     from latentguard.data import load_any
 
     examples = load_any(args.data)
-    results = run([e.instruction for e in examples], batch_size=args.batch_size)
+    results = run([e.prompt for e in examples], batch_size=args.batch_size)
     rows = [
         {
             **e.meta,
+            **({"messages": e.messages} if e.messages is not None else {}),
             "instruction": e.instruction,
             "harmful": r.harmful,
             "score": r.score,
@@ -138,12 +182,15 @@ def repair_direction(lm: Any, args: argparse.Namespace) -> Any:
 
 def cmd_guard_chat(args: argparse.Namespace) -> int:
     from latentguard.guard.guarded import guarded_generate
+    from latentguard.guard.types import BLOCKED_REPLY
     from latentguard.judge import load_judge
 
+    one = prompt_arg(args)
     lm, guard = load_guard(args)
     direction = repair_direction(lm, args)
     judge = load_judge() if direction is not None else None
-    prompts = [args.prompt] if args.prompt else None
+    prompts = [one] if one is not None else None
+    history: list[dict[str, str]] = []
     while True:
         if prompts is None:
             try:
@@ -152,7 +199,8 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
                 return 0
             if not line.strip():
                 continue
-            batch = [line]
+            history.append({"role": "user", "content": line})
+            batch: list[Any] = [list(history)]  # the guard reads the last turn in the whole conversation
         else:
             batch = prompts
         reply = guarded_generate(
@@ -180,6 +228,8 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
         )
         if prompts is not None:
             return 0
+        answer = reply.repaired_response or reply.response
+        history.append({"role": "assistant", "content": answer if answer is not None else BLOCKED_REPLY})
 
 
 def cmd_guard_eval(args: argparse.Namespace) -> int:
@@ -261,6 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         repair=direction is not None,
         refusal_direction=direction,
         normalize=not args.no_normalize,
+        guard_enabled=not args.no_guard,
     )
     config = ServeConfig(
         host=args.host,
@@ -270,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit_db=args.audit_db,
         audit_store_text=args.audit_store_text,
         audit_failure=args.audit_failure,
+        policy=args.policy,
     )
     run(backend, config)
     return 0
@@ -299,6 +351,12 @@ def register(sub: Any) -> None:
         help="more harmless prompts that only look unsafe, weighted in training (builtin:xstest_like is "
         "mixed in unless --no-builtin-mix)",
     )
+    p.add_argument(
+        "--categories",
+        default=None,
+        help="rows with a 'category' field (e.g. shared:harmful_catqa): fit the per-category head that "
+        "/v1/moderations reports (stored in the guard)",
+    )
     add_config_options(p, GuardConfig, skip=("progress",))
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_guard_fit)
@@ -314,18 +372,22 @@ def register(sub: Any) -> None:
             "folded and letter spacing collapsed before the guard reads them)",
         )
 
-    p = guard.add_parser("check", help="classify prompts with a guard")
+    p = guard.add_parser("check", help="classify prompts (or conversations) with a guard")
     guard_model_args(p)
     p.add_argument("--prompt", default=None)
+    add_messages_arg(p)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--batch-size", type=int, default=16)
     add_engine_args(p)
     p.set_defaults(func=cmd_guard_check)
 
-    p = guard.add_parser("chat", help="guarded generation (interactive without --prompt)")
+    p = guard.add_parser(
+        "chat", help="guarded generation (interactive, with the conversation as context, without --prompt)"
+    )
     guard_model_args(p)
     p.add_argument("--prompt", default=None)
+    add_messages_arg(p)
     p.add_argument("--policy", choices=POLICIES, default="block")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
@@ -356,4 +418,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--refusal-direction", default=None, help="enables over-refusal repair")
     add_audit_server_args(p)
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="block",
+        help="chat completions' policy for harmful input (a request may override it: "
+        '{"latentguard": {"policy": ...}})',
+    )
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="answer chat completions without the guard's hooks (a baseline for benchmarks; every verdict "
+        "is harmless)",
+    )
     p.set_defaults(func=cmd_serve)

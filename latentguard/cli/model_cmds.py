@@ -10,12 +10,15 @@ from typing import Any
 
 from latentguard.cli.common import (
     add_engine_args,
+    add_messages_arg,
     add_model_args,
     engine_config,
     instructions,
     load_model,
     model_ref,
     print_json,
+    prompt_arg,
+    prompts,
     write_jsonl,
 )
 
@@ -26,8 +29,11 @@ def cmd_positions(args: argparse.Namespace) -> int:
     from latentguard.models import load_tokenizer
     from latentguard.positions import locate
 
+    prompt = prompt_arg(args)
+    if prompt is None:
+        raise ValueError("give --prompt TEXT or --messages JSON")
     tok = load_tokenizer(args.model, chat_template=args.chat_template)
-    pos = locate(tok, args.prompt, question=args.question, system=args.system)
+    pos = locate(tok, prompt, question=args.question, system=args.system)
     print_json(pos.to_json())
     return 0
 
@@ -35,8 +41,10 @@ def cmd_positions(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from latentguard.activations import ExtractConfig, extract
 
-    insts = instructions(args.data, args.limit)  # bad data fails before the model loads
+    insts = prompts(args.data, args.limit)  # bad data fails before the model loads
     engine = engine_config(args)
+    if engine is not None and not all(isinstance(p, str) for p in insts):
+        raise ValueError("rows with 'messages' (conversations) need --engine local")
     cfg = ExtractConfig(
         positions=tuple(p.strip() for p in args.positions.split(",") if p.strip()),
         layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None,
@@ -186,7 +194,8 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--chat-template", default=None)
     p.add_argument("--system", default=None)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=None)
+    add_messages_arg(p)
     p.add_argument("--question", default=None, help="appended question (reply-inversion form)")
     p.set_defaults(func=cmd_positions)
 
@@ -194,7 +203,11 @@ def register(sub: Any) -> None:
         "extract", help="hidden states at named positions -> activations.safetensors + meta.json"
     )
     add_model_args(p)
-    p.add_argument("--data", required=True, help="JSONL/CSV file, builtin:NAME, shared:NAME or hf:NAME")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="JSONL/CSV file, builtin:NAME, shared:NAME or hf:NAME (rows: 'instruction' or 'messages')",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--positions", default="t_inst,t_post_inst")
     p.add_argument("--layers", default=None, help="comma-separated hidden-state indices (default all)")

@@ -28,6 +28,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from latentguard.conversation import Conversation, ConversationError, Prompt, as_conversation, last_user_index
+
 __all__ = [
     "HARM_CATEGORIES",
     "DataError",
@@ -84,14 +86,22 @@ class Example:
     """One prompt from a data set.
 
     Attributes:
-        instruction: The prompt text.
+        instruction: The prompt text (for a conversation row: its last user message).
         category: The harm category, when the source has one (the ``category`` field or column).
         meta: The row's other fields, such as ``type`` or ``subcategory``.
+        messages: The conversation, for a row that has ``messages`` (OpenAI-style
+            ``[{"role", "content"}]``, see :mod:`latentguard.conversation`) instead of the text field.
     """
 
     instruction: str
     category: str | None = None
     meta: dict[str, Any] = dataclass_field(default_factory=dict, hash=False)
+    messages: Conversation | None = dataclass_field(default=None, hash=False)
+
+    @property
+    def prompt(self) -> Prompt:
+        """What a model reads: the conversation when the row has one, else the instruction."""
+        return self.messages if self.messages is not None else self.instruction
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -154,8 +164,32 @@ def read_jsonl_rows(path: str | os.PathLike[str], required: Sequence[str] = ()) 
     return rows
 
 
+def _conversation_example(row: dict[str, Any], where: str) -> Example:
+    """An Example from a row's ``messages`` (a list, or that list as JSON text in a CSV cell)."""
+    value = row["messages"]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: field 'messages' is not a JSON list ({exc.msg})") from exc
+    try:
+        messages = as_conversation(value)
+    except ConversationError as exc:
+        raise DataError(f"{where}: field 'messages': {exc}") from exc
+    category = row.get("category")
+    meta = {k: v for k, v in row.items() if k not in ("messages", "category")}
+    return Example(
+        instruction=messages[last_user_index(messages)]["content"],
+        category=str(category) if category else None,
+        meta=meta,
+        messages=messages,
+    )
+
+
 def _to_example(row: dict[str, Any], field_name: str, where: str) -> Example:
-    """Turn one row into an Example, checking the instruction field."""
+    """Turn one row into an Example, checking the instruction field (or a ``messages`` conversation)."""
+    if row.get(field_name) is None and field_name == "instruction" and row.get("messages") is not None:
+        return _conversation_example(row, where)
     if field_name not in row or row[field_name] is None:
         raise DataError(f"{where}: row has no {field_name!r} field (fields: {sorted(row)})")
     value = row[field_name]
@@ -287,7 +321,8 @@ def load_jsonl(
     """Load prompts from a JSON Lines file.
 
     Blank lines are skipped. A ``category`` field, when present, becomes :attr:`Example.category`, and
-    the other fields go to :attr:`Example.meta`.
+    the other fields go to :attr:`Example.meta`. With ``field="instruction"``, a row may carry a
+    conversation in ``messages`` instead (:attr:`Example.messages`).
 
     Args:
         path: The file.

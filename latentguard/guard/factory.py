@@ -24,7 +24,8 @@ Variables:
   (``closed`` or ``open``): as ``serve --audit-db``, ``--audit-store-text`` and ``--audit-failure``; the
   workers share the database.
 * ``LATENTGUARD_SERVE_<FIELD>``: any numeric :class:`~latentguard.guard.serve.ServeConfig` field, e.g.
-  ``LATENTGUARD_SERVE_MAX_PROMPTS=64`` or ``LATENTGUARD_SERVE_BATCH_MAX_WAIT_MS=5``. Host and port
+  ``LATENTGUARD_SERVE_MAX_PROMPTS=64`` or ``LATENTGUARD_SERVE_BATCH_MAX_WAIT_MS=5``, and
+  ``LATENTGUARD_SERVE_POLICY`` (chat completions' policy: ``block``, ``flag`` or ``allow``). Host and port
   are uvicorn's options.
 """
 
@@ -50,6 +51,8 @@ _NUMERIC_FIELDS = (
     "batch_max_size",
     "batch_max_wait_ms",
     "request_timeout_s",
+    "max_messages",
+    "max_conversation_chars",
 )
 
 
@@ -77,6 +80,9 @@ def serve_config_from_env(env: Mapping[str, str] | None = None) -> Any:
         kwargs["audit_db"] = audit_db
         kwargs["audit_store_text"] = env.get(f"{ENV_PREFIX}AUDIT_STORE_TEXT", "") in ("1", "true", "yes")
         kwargs["audit_failure"] = env.get(f"{ENV_PREFIX}AUDIT_FAILURE") or "closed"
+    policy = env.get(f"{ENV_PREFIX}SERVE_POLICY")
+    if policy:
+        kwargs["policy"] = policy
     token_file = env.get(f"{ENV_PREFIX}TOKEN_FILE")
     if token_file:
         kwargs["token"] = read_token_file(token_file)

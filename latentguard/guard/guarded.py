@@ -14,6 +14,11 @@ Policies:
 Over-refusal repair (``repair=True``): prompts the guard judges harmless but whose answer the refusal
 judge calls a refusal are answered again with the refusal direction ablated; both answers are returned.
 
+A prompt may be a conversation (:mod:`latentguard.conversation`): the guard reads ``t_inst`` of its last
+user message in the same prefill. :class:`~latentguard.generation.Sampling` switches to seeded sampling
+and stop strings; ``on_verdict`` / ``on_text`` stream one prompt's verdict (right after the prefill,
+before any text) and its answer.
+
 Example:
     >>> replies = guarded_generate(lm, guard, ["How do I bake bread?"], policy="block")   # doctest: +SKIP
     >>> replies[0].blocked, replies[0].response[:20]                                      # doctest: +SKIP
@@ -30,7 +35,17 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from latentguard.batching import length_batches, pad_batch
-from latentguard.generation import decode_until_stop, generate_from_positions, greedy_batch, stop_token_ids
+from latentguard.conversation import Conversation, Prompt, last_user_text
+from latentguard.generation import (
+    Completion,
+    Sampling,
+    StopStrings,
+    TextStream,
+    complete_from_positions,
+    finish,
+    generate_batch,
+    stop_token_ids,
+)
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.score import (
     check,
@@ -112,6 +127,40 @@ class _PrefillCapture:
         return torch.stack([self.states[i] for i in self.layers], dim=1)
 
 
+class _GuardedStream:
+    """Streamer: reports the verdict once the prefill is read, then streams text unless it is blocked."""
+
+    def __init__(
+        self,
+        capture: _PrefillCapture,
+        guard: LatentGuard,
+        policy: Policy,
+        text: TextStream | None,
+        on_verdict: Callable[[Verdict], None] | None,
+    ) -> None:
+        self.capture = capture
+        self.guard = guard
+        self.policy = policy
+        self.text = text
+        self.on_verdict = on_verdict
+        self.calls = 0
+        self.blocked = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first new token: the prefill has run
+            verdict = results_from_states(self.guard, self.capture.stacked())[0]
+            self.blocked = self.policy is Policy.BLOCK and verdict.harmful
+            if self.on_verdict is not None:
+                self.on_verdict(verdict)
+        if self.text is not None and not self.blocked:
+            self.text.put(value)
+
+    def end(self) -> None:
+        if self.text is not None and not self.blocked:
+            self.text.end()
+
+
 class _BlockAfterPrefill:
     """Stopping criterion ending harmful rows right after the prefill (``block`` policy).
 
@@ -162,7 +211,7 @@ def _repair_vectors(
 def guarded_generate(
     lm: LoadedModel,
     guard: LatentGuard,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     policy: Policy | str = Policy.BLOCK,
     max_new_tokens: int = 64,
@@ -172,13 +221,17 @@ def guarded_generate(
     repair_layers: Sequence[int] | None = None,
     batch_size: int = 8,
     normalize: bool = True,
+    sampling: Sampling | None = None,
+    on_verdict: Callable[[Verdict], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> list[GuardedReply]:
-    """Generate greedy answers while the guard reads the prompt's hidden states from the same prefill.
+    """Generate answers while the guard reads the prompt's hidden states from the same prefill.
 
     Args:
         lm: The model.
         guard: A fitted guard for ``lm``.
-        prompts: User instructions (templated with ``lm``'s chat template).
+        prompts: User instructions or conversations (templated with ``lm``'s chat template; a
+            conversation is guarded at its last user message).
         policy: A :class:`~latentguard.guard.types.Policy`, or its name: ``"block"``, ``"flag"``
             or ``"allow"``.
         max_new_tokens: Generation budget per prompt.
@@ -191,18 +244,28 @@ def guarded_generate(
         normalize: Normalise each prompt once, before templating
             (:mod:`latentguard.guard.normalize`): the guard and the model read the same normalised
             prompt in one prefill, and :attr:`GuardedReply.normalized` says where it changed.
+        sampling: Greedy when ``None`` or at temperature 0; else seeded sampling. Its stop strings
+            end the answer early.
+        on_verdict: Streaming (one prompt only): called with the verdict right after the prefill,
+            before any text.
+        on_text: Streaming (one prompt only): called with each piece of the answer as it is generated
+            (nothing when blocked); the pieces join to :attr:`GuardedReply.response`.
 
     Returns:
         One :class:`GuardedReply` per prompt, in input order.
 
     Raises:
-        ValueError: On an empty prompt, an unknown policy, or a repair without judge or direction.
+        ValueError: On an empty prompt, an unknown policy, a repair without judge or direction, or
+            streaming more than one prompt.
     """
     policy = Policy.parse(policy)
     _check_args(max_new_tokens, batch_size)
     repair_vecs = _repair_vectors(lm, refusal_direction, repair_layers) if repair else None
     if repair and judge is None:
         raise ValueError("repair=True needs a refusal judge (judge=...)")
+    streaming = on_verdict is not None or on_text is not None
+    if streaming and len(prompts) != 1:
+        raise ValueError("streaming (on_verdict / on_text) takes exactly one prompt")
     if not prompts:
         return []
     guard_layers_available(lm, guard)
@@ -213,36 +276,44 @@ def guarded_generate(
 
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     stops = stop_token_ids(lm)
+    stop_strings = sampling.stop if sampling is not None else ()
     n = len(positions)
     verdicts: list[Verdict | None] = [None] * n
-    texts: list[str] = [""] * n
+    done: list[Completion | None] = [None] * n
     for idx in length_batches([len(p) for p in positions], batch_size):
         batch = pad_batch([positions[i].input_ids for i in idx], pad_id, "left")
         gather = (
             torch.tensor([positions[i].index(guard.position) for i in idx], dtype=torch.long) + batch.offsets
         )
-        capture = _PrefillCapture(lm, guard.layers, gather, batch.input_ids.shape[1])
-        criteria = StoppingCriteriaList(
-            [_BlockAfterPrefill(capture, guard)] if policy is Policy.BLOCK else []
-        )
+        width = batch.input_ids.shape[1]
+        capture = _PrefillCapture(lm, guard.layers, gather, width)
+        criteria: list[Any] = [_BlockAfterPrefill(capture, guard)] if policy is Policy.BLOCK else []
+        if stop_strings:
+            criteria.append(StopStrings(lm, stop_strings, width, stops))
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList(criteria)}
+        if streaming:
+            text = TextStream(lm, stops, on_text, stop_strings) if on_text is not None else None
+            kwargs["streamer"] = _GuardedStream(capture, guard, policy, text, on_verdict)
         try:
             capture.register()
-            new = greedy_batch(lm, batch, max_new_tokens, stops, stopping_criteria=criteria)
+            new = generate_batch(lm, batch, max_new_tokens, stops, sampling, **kwargs)
         finally:
             capture.remove()
         results = results_from_states(guard, capture.stacked())
         for row, i in enumerate(idx):
             verdicts[i] = results[row]
-            texts[i] = decode_until_stop(lm, new[row].tolist(), stops)
+            done[i] = finish(lm, new[row].tolist(), stops, stop_strings, max_new_tokens)
     final = [v for v in verdicts if v is not None]
-    assert len(final) == n
+    answers = [c for c in done if c is not None]
+    assert len(final) == n and len(answers) == n
+    texts = [c.text for c in answers]
 
     blocked = [policy is Policy.BLOCK and v.harmful for v in final]
     refused: list[bool | None] = [None] * n
     if judge is not None:
         judged = [i for i in range(n) if not blocked[i]]
         if judged:
-            out = judge.judge([texts[i] for i in judged], [prompts[i] for i in judged])
+            out = judge.judge([texts[i] for i in judged], [last_user_text(prompts[i]) for i in judged])
             if len(out) != len(judged):
                 raise RuntimeError(f"the judge returned {len(out)} verdicts for {len(judged)} responses")
             for i, v in zip(judged, out, strict=True):
@@ -253,9 +324,11 @@ def guarded_generate(
         if todo:
             logger.info("repairing %d over-refusals with the refusal direction ablated", len(todo))
             with steer(lm, repair_vecs, mode="ablate"):
-                again = generate_from_positions(lm, [positions[i] for i in todo], max_new_tokens, batch_size)
-            for i, text in zip(todo, again, strict=True):
-                repaired[i] = text
+                again = complete_from_positions(
+                    lm, [positions[i] for i in todo], max_new_tokens, batch_size, sampling
+                )
+            for i, completion in zip(todo, again, strict=True):
+                repaired[i] = completion.text
     return [
         GuardedReply(
             harmful=v.harmful,
@@ -266,6 +339,10 @@ def guarded_generate(
             refused=refused[i],
             repaired_response=repaired[i],
             normalized=changed[i],
+            finish_reason="content_filter" if blocked[i] else answers[i].finish_reason,
+            prompt_tokens=len(positions[i]),
+            completion_tokens=0 if blocked[i] else answers[i].tokens,
+            category_scores=dict(v.category_scores),
         )
         for i, v in enumerate(final)
     ]
@@ -291,12 +368,15 @@ class LatentGuardBackend:
         refusal_direction: Directions | None = None,
         repair_layers: Sequence[int] | None = None,
         normalize: bool = True,
+        guard_enabled: bool = True,
     ) -> None:
         """Wrap a model and its guard.
 
         Args:
-            repair_layers: Layers of the ablation (default: all of the direction's).
+            lm: The model.
             normalize: Normalise prompts before the guard and the model read them (default on).
+            guard_enabled: ``False`` answers :meth:`chat` without the guard's hooks (a baseline for
+                measuring the guard's overhead; every verdict is then harmless with score 0.0).
             guard: Its fitted guard.
             batch_size: Prompts per classify forward.
             generate_batch_size: Prompts per ``generate`` call.
@@ -322,10 +402,11 @@ class LatentGuardBackend:
         self.refusal_direction = refusal_direction
         self.repair_layers = list(repair_layers) if repair_layers is not None else None
         self.normalize = normalize
+        self.guard_enabled = guard_enabled
         # the template prefix's keys/values, computed once for every classify request
         self.prefix = build_prefix_cache(lm)
 
-    def classify(self, prompts: list[str]) -> list[Verdict]:
+    def classify(self, prompts: list[Prompt]) -> list[Verdict]:
         """Classify a batch of prompts with :func:`latentguard.guard.score.check`."""
         return check(
             self.lm,
@@ -352,6 +433,80 @@ class LatentGuardBackend:
             normalize=self.normalize,
         )
 
+    def chat(
+        self,
+        messages: Conversation,
+        *,
+        max_new_tokens: int,
+        policy: Policy | str,
+        sampling: Sampling | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GuardedReply:
+        """Answer one conversation under the guard, in one prefill (see :func:`guarded_generate`).
+
+        With repair on, the answer is streamed only once it is final (repaired or not), so ``on_text``
+        gets it in one piece after generation; the verdict still comes right after the prefill.
+
+        Args:
+            messages: The conversation (the guard reads its last user message).
+            max_new_tokens: Generation budget.
+            policy: The guard policy.
+            sampling: Temperature, top-p, seed and stop strings (greedy when ``None``).
+            on_verdict: Called with the verdict right after the prefill.
+            on_text: Called with each piece of the answer.
+
+        Returns:
+            The reply.
+        """
+        if not self.guard_enabled:
+            return self._chat_unguarded(messages, max_new_tokens, sampling, on_verdict, on_text)
+        (reply,) = guarded_generate(
+            self.lm,
+            self.guard,
+            [messages],
+            policy=policy,
+            max_new_tokens=max_new_tokens,
+            judge=self.judge,
+            repair=self.repair,
+            refusal_direction=self.refusal_direction,
+            repair_layers=self.repair_layers,
+            batch_size=1,
+            normalize=self.normalize,
+            sampling=sampling,
+            on_verdict=on_verdict,
+            on_text=None if self.repair else on_text,
+        )
+        text = reply.repaired_response or reply.response
+        if self.repair and on_text is not None and text:
+            on_text(text)
+        return reply
+
+    def _chat_unguarded(
+        self,
+        messages: Conversation,
+        max_new_tokens: int,
+        sampling: Sampling | None,
+        on_verdict: Callable[[Verdict], None] | None,
+        on_text: Callable[[str], None] | None,
+    ) -> GuardedReply:
+        texts, changed = normalized_prompts([messages], self.normalize)
+        positions = templated(self.lm, texts)
+        if on_verdict is not None:
+            on_verdict(Verdict(harmful=False, score=0.0))
+        (done,) = complete_from_positions(self.lm, positions, max_new_tokens, 1, sampling, on_text=on_text)
+        return GuardedReply(
+            harmful=False,
+            score=0.0,
+            blocked=False,
+            flagged=False,
+            response=done.text,
+            normalized=changed[0],
+            finish_reason=done.finish_reason,
+            prompt_tokens=len(positions[0]),
+            completion_tokens=done.tokens,
+        )
+
     @property
     def info(self) -> dict[str, Any]:
         """Model name and fingerprint, guard method, layers, position, threshold and key metrics."""
@@ -361,4 +516,5 @@ class LatentGuardBackend:
             "guard": self.guard.summary(),
             "guard_matches_model": self.guard.fingerprint == self.lm.fingerprint,
             "repair": self.repair,
+            "guard_enabled": self.guard_enabled,
         }

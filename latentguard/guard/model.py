@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors_bytes
 
+from latentguard.guard.categories import CategoryHead
 from latentguard.io import ArtifactError, atomic_save_tensors, atomic_write_text
 from latentguard.models import LoadedModel
 
@@ -75,6 +76,8 @@ class LatentGuard:
         model: The model spec (for humans).
         metrics: Validation AUROC, TPR at 1%/5% FPR, threshold, split sizes...
         meta: Everything else (config, per-layer validation AUROC, ...).
+        categories: Optional per-category head (:mod:`latentguard.guard.categories`) at one of
+            :attr:`layers`; stored in the same pair of files.
     """
 
     method: str
@@ -92,6 +95,7 @@ class LatentGuard:
     model: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    categories: CategoryHead | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -148,6 +152,12 @@ class LatentGuard:
         for name, t in tensors:
             if not torch.isfinite(t).all():
                 raise ArtifactError(f"the guard's {name} contains NaN or inf")
+        head = self.categories
+        if head is not None and (head.layer not in self.layers or head.d_model != next(iter(dims))[0]):
+            raise ArtifactError(
+                f"the category head reads layer {head.layer} (width {head.d_model}); the guard reads "
+                f"{self.layers} (width {next(iter(dims))[0]})"
+            )
 
     @property
     def d_model(self) -> int:
@@ -221,6 +231,7 @@ class LatentGuard:
             "model": self.model,
             **{k: self.metrics[k] for k in keys if k in self.metrics},
             **({"warnings": list(self.meta["warnings"])} if self.meta.get("warnings") else {}),
+            **({"categories": list(self.categories.names)} if self.categories is not None else {}),
         }
 
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -237,6 +248,8 @@ class LatentGuard:
                 out[f"probe_weight.{i}"] = self.probe_weights[i]
                 out[f"feature_mean.{i}"] = self.feature_means[i]
                 out[f"feature_std.{i}"] = self.feature_stds[i]
+        if self.categories is not None:
+            out.update(self.categories.tensors())
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -269,6 +282,7 @@ class LatentGuard:
             "model": self.model,
             "metrics": self.metrics,
             "meta": self.meta,
+            **({"categories": self.categories.meta()} if self.categories is not None else {}),
             "tensors_sha256": digest,
             "layer_convention": "index 0 = embedding output; index i = output of decoder block i "
             "(last index after the final norm), as output_hidden_states",
@@ -340,6 +354,9 @@ class LatentGuard:
                 model=str(meta.get("model", "")),
                 metrics=dict(meta.get("metrics", {})),
                 meta=dict(meta.get("meta", {})),
+                categories=CategoryHead.from_parts(meta["categories"], tensors)
+                if meta.get("categories")
+                else None,
                 **kwargs,
             )
         except ArtifactError as exc:
@@ -392,6 +409,7 @@ class LatentGuard:
             model=self.model,
             metrics=dict(self.metrics),
             meta=dict(self.meta),
+            categories=self.categories,
         )
 
 

@@ -21,6 +21,7 @@ import torch
 
 from latentguard.activations import hidden_at
 from latentguard.batching import length_batches
+from latentguard.conversation import Prompt, as_conversation, is_conversation, map_contents
 from latentguard.guard.fit import LatentGuard
 from latentguard.guard.types import GuardResult as GuardResult  # older name of Verdict
 from latentguard.guard.types import Verdict
@@ -34,13 +35,26 @@ from latentguard.prefix import PrefixCache, build_prefix_cache
 logger = logging.getLogger(__name__)
 
 
-def validate_prompts(prompts: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming the first prompt that is not a non-empty, non-whitespace string."""
+def validate_prompts(prompts: Sequence[Prompt]) -> None:
+    """Raise naming the first prompt that is neither a non-blank string nor a conversation.
+
+    A conversation (:mod:`latentguard.conversation`) needs a non-blank last user message.
+
+    Raises:
+        TypeError: For a single string, or an item of another type.
+        ValueError: For a blank instruction or a bad conversation.
+    """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a sequence of strings, not one string")
     for i, p in enumerate(prompts):
+        if is_conversation(p):
+            try:
+                as_conversation(p)
+            except ValueError as exc:
+                raise ValueError(f"prompt #{i}: {exc}") from exc
+            continue
         if not isinstance(p, str):
-            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str")
+            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str or a list of messages")
         if not p.strip():
             raise ValueError(f"prompt #{i} is empty or whitespace only; the guard needs an instruction")
 
@@ -69,30 +83,55 @@ def guard_layers_available(lm: LoadedModel, guard: LatentGuard) -> None:
 
 
 def results_from_states(guard: LatentGuard, states: torch.Tensor) -> list[Verdict]:
-    """Turn ``[n, len(guard.layers), d]`` hidden states into one :class:`Verdict` per row."""
+    """Turn ``[n, len(guard.layers), d]`` hidden states into one :class:`Verdict` per row.
+
+    With a category head (:attr:`LatentGuard.categories`) each verdict also carries its category scores.
+    """
     score, per = guard.score_activations(states, guard.layers)
     harmful = score > guard.threshold
+    head = guard.categories
+    cats = head.scores(states[:, guard.layers.index(head.layer)]) if head is not None else None
     return [
         Verdict(
             harmful=bool(harmful[i]),
             score=float(score[i]),
             layer_scores={layer: float(v[i]) for layer, v in per.items()},
+            category_scores=cats[i] if cats is not None else {},
         )
         for i in range(score.shape[0])
     ]
 
 
-def normalized_prompts(prompts: Sequence[str], normalize: bool) -> tuple[list[str], list[bool]]:
-    """The prompts the guard reads, and which of them normalisation changed."""
+def normalized_prompts(prompts: Sequence[Prompt], normalize: bool) -> tuple[list[Prompt], list[bool]]:
+    """The prompts the guard reads, and which of them normalisation changed.
+
+    In a conversation every message's content is normalised.
+    """
     if not normalize:
         return list(prompts), [False] * len(prompts)
     from latentguard.guard.normalize import normalize as normalise_one
 
-    done = [normalise_one(p) for p in prompts]
-    return [d.text for d in done], [d.changed for d in done]
+    texts: list[Prompt] = []
+    changed: list[bool] = []
+    for p in prompts:
+        if isinstance(p, str):
+            done = normalise_one(p)
+            texts.append(done.text)
+            changed.append(done.changed)
+        else:
+            flags: list[bool] = []
+
+            def one(text: str, flags: list[bool] = flags) -> str:
+                d = normalise_one(text)
+                flags.append(d.changed)
+                return d.text
+
+            texts.append(map_contents(p, one))
+            changed.append(any(flags))
+    return texts, changed
 
 
-def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
+def templated(lm: LoadedModel, prompts: Sequence[Prompt]) -> list[Positions]:
     """Validate and template ``prompts`` with ``lm``'s chat template."""
     validate_prompts(prompts)
     return locate_for(lm, list(prompts))
@@ -101,7 +140,7 @@ def templated(lm: LoadedModel, prompts: Sequence[str]) -> list[Positions]:
 def check(
     lm: LoadedModel,
     guard: LatentGuard,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     batch_size: int = 16,
     prefix: PrefixCache | bool | None = True,
     *,
@@ -115,7 +154,8 @@ def check(
     Args:
         lm: The model the guard reads (ideally the one it was fitted on; a mismatch is logged).
         guard: A fitted guard.
-        prompts: User instructions (templated with ``lm``'s chat template).
+        prompts: User instructions or conversations (templated with ``lm``'s chat template; a
+            conversation is judged at ``t_inst`` of its last user message, in the context of the rest).
         batch_size: Prompts per forward.
         prefix: A prebuilt :class:`~latentguard.prefix.PrefixCache` (a server keeps one), ``True``
             to build one for this call, ``False`` or ``None`` to run every prompt in full.

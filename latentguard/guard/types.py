@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = [
+    "BLOCKED_REPLY",
     "POLICIES",
     "ClassifyResult",
     "GenerateResult",
@@ -67,6 +68,9 @@ class Policy(str, Enum):
             raise ValueError(f"policy must be one of {POLICIES}, got {value!r}") from None
 
 
+#: The short refusal that stands for a blocked answer (chat completions' content, ``guard chat``'s history).
+BLOCKED_REPLY = "I can't help with that request."
+
 #: The policies' names, in declaration order: ``("block", "flag", "allow")``.
 POLICIES: tuple[str, ...] = tuple(p.value for p in Policy)
 
@@ -83,6 +87,9 @@ class Verdict:
             1.0); ``None`` for a real verdict.
         normalized: The guard read a normalised form of the prompt (it held zero-width characters,
             look-alike letters, letter spacing ...; :mod:`latentguard.guard.normalize`).
+        category_scores: Probability per risk category (the 11 CatQA categories, keyed by
+            :data:`latentguard.guard.categories.CATEGORY_KEYS`), from the guard's category head;
+            empty when the guard has none.
     """
 
     harmful: bool
@@ -90,6 +97,7 @@ class Verdict:
     layer_scores: dict[int, float] = field(default_factory=dict)
     error: str | None = None
     normalized: bool = False
+    category_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +115,11 @@ class GuardedReply:
         error: Set when generation or the guard failed and the reply failed closed (blocked);
             ``None`` otherwise.
         normalized: The prompt was normalised before the guard and the model read it.
+        finish_reason: Why the answer ended: ``"stop"``, ``"length"``, or ``"content_filter"`` when
+            blocked (``None`` where unknown).
+        prompt_tokens: Tokens of the templated prompt (0 where unknown).
+        completion_tokens: Tokens generated for the returned answer (0 when blocked or unknown).
+        category_scores: The guard's per-category scores (see :attr:`Verdict.category_scores`).
     """
 
     harmful: bool
@@ -118,6 +131,10 @@ class GuardedReply:
     repaired_response: str | None = None
     error: str | None = None
     normalized: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    category_scores: dict[str, float] = field(default_factory=dict)
 
 
 #: Older names of :class:`Verdict` (``latentguard.guard.score`` and ``latentguard.guard.serve``).

@@ -8,6 +8,9 @@ This package serves any object that implements :class:`GuardBackend` over a smal
 * ``GET /v1/models`` (OpenAI's model list), ``POST /beta/litellm_basic_guardrail_api`` (LiteLLM's generic
   guardrail API), ``POST /analyze/prompt`` and ``POST /scan/prompt`` (LLM Guard's API): the guard in
   other services' wire formats (:mod:`~latentguard.guard.serve.compat`).
+* ``POST /v1/chat/completions`` (guarded generation on a conversation, streamed or not) and
+  ``POST /v1/moderations`` in OpenAI's schema, with OpenAI-shaped errors
+  (:mod:`~latentguard.guard.serve.openai_routes`).
 * ``GET /healthz`` (liveness), ``GET /readyz`` (readiness plus backend info) and ``GET /metrics``
   (Prometheus text format).
 * ``GET /dashboard`` (with ``audit_db``): a live page over the audit log.
@@ -37,6 +40,9 @@ Modules, one idea each:
 * :mod:`~latentguard.guard.serve.schemas`: the pydantic request and response models.
 * :mod:`~latentguard.guard.serve.compat`: the OpenAI, LiteLLM and LLM Guard compatible routes;
   :mod:`~latentguard.guard.serve.compat_schemas`: their pydantic models.
+* :mod:`~latentguard.guard.serve.openai_routes`: chat completions and moderations;
+  :mod:`~latentguard.guard.serve.openai_schemas`: their pydantic models and the moderation categories;
+  :mod:`~latentguard.guard.serve.chat_backend`: what chat completions need from a backend, failing closed.
 * :mod:`~latentguard.guard.serve.errors`: JSON error responses and exception handlers.
 * :mod:`~latentguard.guard.serve.backend`: the :class:`GuardBackend` protocol and fail-closed calls.
 * :mod:`~latentguard.guard.serve.batcher`: the classify micro-batcher.

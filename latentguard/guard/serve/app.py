@@ -1,6 +1,7 @@
 """The FastAPI app (:func:`create_app`: lifespan, routes) and :func:`run`, which serves it with uvicorn.
 
-The OpenAI, LiteLLM and LLM Guard compatible routes are registered from :mod:`~latentguard.guard.serve.compat`.
+The OpenAI, LiteLLM and LLM Guard compatible routes are registered from :mod:`~latentguard.guard.serve.compat`
+and :mod:`~latentguard.guard.serve.openai_routes` (chat completions, moderations).
 """
 
 import asyncio
@@ -9,10 +10,10 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import fastapi
 import uvicorn
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 
+from latentguard.conversation import Prompt, last_user_text, total_chars
 from latentguard.guard.serve import audit
 from latentguard.guard.serve.auth import token_dependency
 from latentguard.guard.serve.backend import GuardBackend, generate_checked
@@ -35,6 +37,7 @@ from latentguard.guard.serve.errors import (
 )
 from latentguard.guard.serve.metrics import CONTENT_TYPE, ServeMetrics
 from latentguard.guard.serve.middleware import GuardMiddleware
+from latentguard.guard.serve.openai_routes import add_openai_routes
 from latentguard.guard.serve.schemas import (
     ClassifyItem,
     ClassifyRequest,
@@ -53,6 +56,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["create_app", "run"]
 
 
+_Prompts = TypeVar("_Prompts", bound=Sequence[Prompt])
+
+
 class _ServiceState:
     """Per-app mutable state (created in the lifespan)."""
 
@@ -61,11 +67,11 @@ class _ServiceState:
         self.batcher: ClassifyBatcher | None = None
 
 
-def _check_prompts(prompts: list[str], config: ServeConfig) -> list[str]:
+def _check_prompts(prompts: _Prompts, config: ServeConfig) -> _Prompts:
     """Enforce the prompt limits.
 
     Args:
-        prompts: Prompts from the request.
+        prompts: Prompts (instructions, or conversations from the compatible routes).
         config: Service settings.
 
     Returns:
@@ -79,9 +85,12 @@ def _check_prompts(prompts: list[str], config: ServeConfig) -> list[str]:
     if len(prompts) > config.max_prompts:
         raise ApiError(413, f"too many prompts: {len(prompts)} > {config.max_prompts}")
     for i, prompt in enumerate(prompts):
-        if len(prompt) > config.max_chars:
-            raise ApiError(413, f"prompt {i} is too long: {len(prompt)} > {config.max_chars} characters")
-        if not prompt.strip():
+        limit = config.max_chars if isinstance(prompt, str) else config.max_conversation_chars
+        if total_chars(prompt) > limit:
+            raise ApiError(413, f"prompt {i} is too long: {total_chars(prompt)} > {limit} characters")
+        if not isinstance(prompt, str) and len(prompt) > config.max_messages:
+            raise ApiError(413, f"prompt {i} has too many messages: {len(prompt)} > {config.max_messages}")
+        if not last_user_text(prompt).strip():
             raise ApiError(422, f"prompt {i} is empty or whitespace")
     return prompts
 
@@ -176,7 +185,7 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
         metrics.count_error("timeout")
         return ApiError(503, f"request timed out after {config.request_timeout_s:g} s")
 
-    async def classify_checked(prompts: list[str]) -> list[Verdict]:
+    async def classify_checked(prompts: Sequence[Prompt]) -> list[Verdict]:
         """Classify prompts through the batcher: the limits, the timeout and the metrics of classify."""
         prompts = _check_prompts(prompts, config)
         batcher = state.batcher
@@ -288,6 +297,15 @@ def create_app(backend: GuardBackend, config: ServeConfig) -> fastapi.FastAPI:
 
     add_compat_routes(app, backend, config, classify=classify_checked, require_token=require_token)
     add_dashboard_routes(app, auditor, config)
+    add_openai_routes(
+        app,
+        backend,
+        config,
+        metrics,
+        classify=classify_checked,
+        executor=lambda: state.executor,
+        require_token=require_token,
+    )
     return app
 
 

@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from latentguard.audit.store import AuditRow, AuditStore, clean_text, open_store, prompt_sha256
 from latentguard.audit.writer import AuditWriteError, GroupCommitWriter
+from latentguard.conversation import Prompt, prompt_key
 from latentguard.guard.serve.backend import GuardBackend
 from latentguard.guard.serve.config import ServeConfig
 from latentguard.guard.serve.errors import ApiError
@@ -88,12 +89,13 @@ class Decision:
 
 
 def from_verdicts(
-    prompts: Sequence[str], verdicts: Sequence[Verdict], *, block: bool = False
+    prompts: Sequence[Prompt], verdicts: Sequence[Verdict], *, block: bool = False
 ) -> list[Decision]:
     """Decisions from classify verdicts: a harmful prompt is flagged (blocked with ``block``).
 
     Args:
-        prompts: The prompts, in order.
+        prompts: The prompts, in order (a conversation is recorded as its canonical JSON,
+            :func:`latentguard.conversation.prompt_key`).
         verdicts: One verdict per prompt.
         block: Whether the route blocks harmful prompts (e.g. a guardrail that answers ``BLOCKED``).
 
@@ -103,7 +105,7 @@ def from_verdicts(
     harmful_action = "block" if block else "flag"
     return [
         Decision(
-            prompt=p,
+            prompt=p if isinstance(p, str) else prompt_key(p),
             score=v.score,
             harmful=v.harmful,
             action=harmful_action if v.harmful else "allow",
@@ -113,7 +115,7 @@ def from_verdicts(
     ]
 
 
-def from_replies(prompts: Sequence[str], replies: Sequence[GuardedReply], policy: str) -> list[Decision]:
+def from_replies(prompts: Sequence[Prompt], replies: Sequence[GuardedReply], policy: str) -> list[Decision]:
     """Decisions from guarded generation.
 
     Args:
@@ -126,7 +128,7 @@ def from_replies(prompts: Sequence[str], replies: Sequence[GuardedReply], policy
     """
     return [
         Decision(
-            prompt=p,
+            prompt=prompt_key(p),
             score=r.score,
             harmful=r.harmful,
             action="block" if r.blocked else "flag" if r.flagged or r.harmful else "allow",

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from latentguard.conversation import Prompt
 from latentguard.guard.types import GuardedReply, Policy, Verdict
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,11 @@ class GuardBackend(Protocol):
     safe. Both methods may raise; the service then fails closed.
     """
 
-    def classify(self, prompts: list[str]) -> list[Verdict]:
+    def classify(self, prompts: list[Prompt]) -> list[Verdict]:
         """Classify a batch of prompts.
 
         Args:
-            prompts: Non-empty list of prompts.
+            prompts: Non-empty list of prompts: instructions, or (from the compatible routes) conversations.
 
         Returns:
             One verdict per prompt, in the same order.
@@ -94,10 +95,23 @@ def _finite_float(value: Any, what: str) -> float:
     return number
 
 
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _BackendContractError(f"{what} must be a non-negative int")
+    return value
+
+
 def _optional_str(value: Any, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise _BackendContractError(f"{what} must be a str or None, got {type(value).__name__}")
+
+
+def _category_scores(result: Any) -> dict[str, float]:
+    scores = getattr(result, "category_scores", None) or {}
+    if not isinstance(scores, Mapping):
+        raise _BackendContractError("category_scores must be a mapping")
+    return {str(k): _finite_float(v, f"category_scores[{k}]") for k, v in scores.items()}
 
 
 def _checked_verdict(result: Any) -> Verdict:
@@ -110,6 +124,7 @@ def _checked_verdict(result: Any) -> Verdict:
         score=_finite_float(result.score, "score"),
         layer_scores={int(k): _finite_float(v, f"layer_scores[{k}]") for k, v in layer_scores.items()},
         normalized=getattr(result, "normalized", False) is True,
+        category_scores=_category_scores(result),
     )
 
 
@@ -125,7 +140,7 @@ def fail_closed_verdict(exc: BaseException) -> Verdict:
     return Verdict(harmful=True, score=1.0, layer_scores={}, error=_short_error(exc))
 
 
-def classify_isolating(backend: GuardBackend, prompts: list[str]) -> list[Verdict]:
+def classify_isolating(backend: GuardBackend, prompts: list[Prompt]) -> list[Verdict]:
     """Classify ``prompts``; on failure retry in halves so only the failing prompts fail closed.
 
     Args:
@@ -166,12 +181,16 @@ def _checked_reply(result: Any, policy: Policy) -> GuardedReply:
         response=_optional_str(result.response, "response"),
         repaired_response=_optional_str(getattr(result, "repaired_response", None), "repaired_response"),
         normalized=getattr(result, "normalized", False) is True,
+        finish_reason=_optional_str(getattr(result, "finish_reason", None), "finish_reason"),
+        prompt_tokens=_count(getattr(result, "prompt_tokens", 0), "prompt_tokens"),
+        completion_tokens=_count(getattr(result, "completion_tokens", 0), "completion_tokens"),
+        category_scores=_category_scores(result),
     )
     if policy is Policy.BLOCK and reply.harmful and not reply.blocked:
         logger.warning("Backend did not block a harmful prompt under policy 'block'; blocking it")
         reply = dataclasses.replace(reply, blocked=True, response=None)
-    if reply.blocked and reply.response is not None:
-        reply = dataclasses.replace(reply, response=None)
+    if reply.blocked and (reply.response is not None or reply.finish_reason != "content_filter"):
+        reply = dataclasses.replace(reply, response=None, finish_reason="content_filter", completion_tokens=0)
     return reply
 
 
@@ -184,6 +203,7 @@ def _fail_closed_reply(exc: BaseException) -> GuardedReply:
         response=None,
         repaired_response=None,
         error=_short_error(exc),
+        finish_reason="content_filter",
     )
 
 

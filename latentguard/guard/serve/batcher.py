@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from latentguard.conversation import Prompt
 from latentguard.guard.serve.backend import GuardBackend, classify_isolating, fail_closed_verdict
 from latentguard.guard.serve.errors import ServiceUnavailable
 from latentguard.guard.serve.metrics import ServeMetrics
@@ -23,7 +24,7 @@ __all__ = ["ClassifyBatcher"]
 
 @dataclass
 class _Pending:
-    prompt: str
+    prompt: Prompt
     future: asyncio.Future[Verdict]
     enqueued_at: float
 
@@ -88,7 +89,7 @@ class ClassifyBatcher:
             if not item.future.done():
                 item.future.set_exception(ServiceUnavailable("the guard is shutting down"))
 
-    async def classify(self, prompts: Sequence[str]) -> list[Verdict]:
+    async def classify(self, prompts: Sequence[Prompt]) -> list[Verdict]:
         """Queue prompts and wait for their verdicts.
 
         Args:

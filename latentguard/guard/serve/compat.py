@@ -3,9 +3,9 @@
 * ``GET /v1/models`` (OpenAI): the one served model, named by ``ServeConfig.served_model_name`` (default:
   the backend's model spec, the ``model`` of its ``info``, else ``"latentguard"``).
 * ``POST /beta/litellm_basic_guardrail_api`` (LiteLLM's generic guardrail API): for ``input_type:
-  "request"`` each of ``texts`` is classified; without texts, only the content of the **last user message**
-  of ``structured_messages`` is (rendering the full conversation is not implemented yet). Blank texts are
-  skipped. The answer is ``BLOCKED`` if any text is judged harmful, else ``NONE``. ``input_type:
+  "request"`` each of ``texts`` is classified as one user turn; without texts, ``structured_messages`` is
+  classified as one conversation, rendered with the model's chat template (the guard reads its last user
+  message in the context of the rest; ``tool`` and other roles are left out). Blank texts are skipped. The answer is ``BLOCKED`` if any text is judged harmful, else ``NONE``. ``input_type:
   "response"`` always answers ``NONE``: the guard reads requests, responses are not scanned.
 * ``POST /analyze/prompt`` and ``POST /scan/prompt`` (LLM Guard's API): one scanner, ``LatentGuard``,
   whose risk is in ``[-1, 1]`` (see :func:`risk_score`): negative when the prompt is judged harmless,
@@ -21,11 +21,12 @@ with the error as the reason; LLM Guard: invalid, risk 1.0). An empty input is a
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
+from latentguard.conversation import Prompt
 from latentguard.guard.serve import audit
 from latentguard.guard.serve.backend import GuardBackend
 from latentguard.guard.serve.compat_schemas import (
@@ -60,7 +61,7 @@ __all__ = [
 #: The served model name when neither the config nor the backend names one.
 DEFAULT_SERVED_MODEL_NAME = "latentguard"
 #: Classifies prompts the way ``POST /v1/classify`` does (limits, batcher, timeout, metrics).
-ClassifyFn = Callable[[list[str]], Awaitable[list[Verdict]]]
+ClassifyFn = Callable[[Sequence[Prompt]], Awaitable[list[Verdict]]]
 _MIN_RISK = 1e-4  # smallest |risk|, so that the sign always carries the verdict
 
 
@@ -136,27 +137,33 @@ def risk_score(verdict: Verdict, threshold: float | None) -> float:
     return magnitude if verdict.harmful else -magnitude
 
 
-def litellm_texts(body: LiteLLMGuardrailRequest) -> list[str]:
-    """The texts a LiteLLM guardrail request asks to check.
+def litellm_texts(body: LiteLLMGuardrailRequest) -> list[Prompt]:
+    """The prompts a LiteLLM guardrail request asks to check.
 
     Args:
         body: The request.
 
     Returns:
-        The non-blank ``texts``; without any, the content of the last ``user`` message of
-        ``structured_messages`` (if non-blank). Full-conversation rendering is not implemented yet.
+        The non-blank ``texts``; without any, ``structured_messages`` as one conversation (its
+        ``system`` and ``user`` messages and the ``assistant`` ones with text), when its last user message
+        has text.
 
     Raises:
         ApiError: 400 when there is nothing to check.
     """
-    texts = [t for t in body.texts or [] if t.strip()]
-    if not texts and body.structured_messages:
-        users = [m for m in body.structured_messages if m.role == "user"]
-        if users and users[-1].text().strip():
-            texts = [users[-1].text()]
-    if not texts:
+    prompts: list[Prompt] = [t for t in body.texts or [] if t.strip()]
+    if not prompts and body.structured_messages:
+        conversation = [
+            {"role": m.role, "content": m.text()}
+            for m in body.structured_messages
+            if m.role in ("system", "user") or (m.role == "assistant" and m.text().strip())
+        ]
+        users = [m for m in conversation if m["role"] == "user"]
+        if users and users[-1]["content"].strip():
+            prompts = [conversation]
+    if not prompts:
         raise ApiError(400, "nothing to check: no non-blank texts and no text in a last user message")
-    return texts
+    return prompts
 
 
 def _blocked_reason(verdicts: list[Verdict]) -> str | None:
@@ -214,9 +221,9 @@ def add_compat_routes(
     async def litellm_guardrail(body: LiteLLMGuardrailRequest, request: Request) -> LiteLLMGuardrailResponse:
         """Check a LiteLLM request: BLOCKED if any text is harmful, else NONE.
 
-        For ``input_type: "request"`` each non-blank text is classified; without texts, the content of
-        the last user message of ``structured_messages`` (full-conversation rendering is not implemented
-        yet). ``input_type: "response"`` answers NONE: the guard reads requests, responses are not
+        For ``input_type: "request"`` each non-blank text is classified; without texts,
+        ``structured_messages`` as one conversation in the model's chat template. ``input_type: "response"``
+        answers NONE: the guard reads requests, responses are not
         scanned. A text the guard fails on is blocked (fail closed).
         """
         if body.input_type == "response":

@@ -93,8 +93,9 @@ class LiteLLMGuardrailRequest(_LenientModel):
     )
     structured_messages: list[ChatMessage] | None = Field(
         default=None,
-        description="OpenAI chat messages; read only when 'texts' is absent or empty, and then only the "
-        "content of the last 'user' message (full-conversation rendering is not implemented yet).",
+        description="OpenAI chat messages; read only when 'texts' is absent or empty, and then classified as "
+        "one conversation rendered with the model's chat template (the guard reads the last user message in "
+        "context; roles other than system, user and assistant are left out).",
     )
     input_type: Literal["request", "response"] = Field(
         default="request",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentguard.guard.serve.auth import check_token
+from latentguard.guard.types import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,21 @@ class ServeConfig:
         },
     )
 
+    policy: Policy = field(
+        default=Policy.BLOCK,
+        metadata={
+            "help": "Policy of POST /v1/chat/completions for harmful input: block, flag or allow (a request "
+            "may override it with its 'latentguard': {'policy': ...} field)."
+        },
+    )
+    max_messages: int = field(
+        default=64, metadata={"help": "Most messages per chat completion conversation (413 above)."}
+    )
+    max_conversation_chars: int = field(
+        default=32000,
+        metadata={"help": "Most characters (all messages together) per chat completion (413 above)."},
+    )
+
     def __post_init__(self) -> None:
         """Check that every setting is in range.
 
@@ -104,7 +120,9 @@ class ServeConfig:
             raise ValueError("host must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_prompts", "max_chars", "max_new_tokens_limit", "batch_max_size"):
+        object.__setattr__(self, "policy", Policy.parse(self.policy))
+        names = ("max_prompts", "max_chars", "max_new_tokens_limit", "batch_max_size", "max_messages")
+        for name in (*names, "max_conversation_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
