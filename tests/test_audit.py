@@ -496,28 +496,56 @@ def test_factory_reads_the_audit_settings() -> None:
 
 
 def test_any_route_is_wired_with_one_record_call(tmp_path: Path) -> None:
-    """How a new decision route (e.g. /v1/moderations) puts its decisions on record: one call."""
+    """How a new decision route (e.g. /v1/example) puts its decisions on record: one call."""
     from latentguard.guard.serve import audit
 
     url = f"sqlite:///{tmp_path / 'a.db'}"
     app = create_app(FakeBackend(), ServeConfig(audit_db=url))
 
-    @app.post("/v1/moderations")
+    @app.post("/v1/example")
     async def moderations(request: Request) -> dict[str, Any]:
         decision = audit.Decision(prompt="some text", score=0.7, harmful=True, action="flag")
-        rid = await audit.record(request, route="/v1/moderations", decisions=[decision])
-        return {"id": f"modr-{rid}", "same": rid == audit.request_id(request)}
+        rid = await audit.record(request, route="/v1/example", decisions=[decision])
+        return {"id": f"ex-{rid}", "same": rid == audit.request_id(request)}
 
     from fastapi.testclient import TestClient
 
     with TestClient(app) as client:
-        r = client.post("/v1/moderations")
-    assert r.status_code == 200 and r.json() == {"id": f"modr-{r.headers['x-request-id']}", "same": True}
+        r = client.post("/v1/example")
+    assert r.status_code == 200 and r.json() == {"id": f"ex-{r.headers['x-request-id']}", "same": True}
     store = open_store(url)
     (got,) = select_rows(store)
     store.close()
     assert (got["route"], got["request_id"], got["action"]) == (
-        "/v1/moderations",
+        "/v1/example",
         r.headers["x-request-id"],
         "flag",
     )
+
+
+def test_openai_routes_are_recorded_and_their_ids_carry_the_request_id(db_url: str) -> None:
+    with audit_client(db_url, token=TOKEN) as client:
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "a bomb please"}]},
+            headers=AUTH,
+        )
+        stream = client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "tea"}], "stream": True},
+            headers=AUTH,
+        )
+        mod = client.post("/v1/moderations", json={"input": ["bomb", "bread"]}, headers=AUTH)
+    assert [r.status_code for r in (chat, stream, mod)] == [200, 200, 200], [chat.text, mod.text]
+    ids = [r.headers["x-request-id"] for r in (chat, stream, mod)]
+    assert chat.json()["id"] == f"chatcmpl-{ids[0]}" and mod.json()["id"] == f"modr-{ids[2]}"
+    store = open_store(db_url)
+    rows = list(select_rows(store))
+    store.close()
+    assert [(r["request_id"], r["route"], r["action"]) for r in rows] == [
+        (ids[0], "/v1/chat/completions", "block"),
+        (ids[1], "/v1/chat/completions", "allow"),
+        (ids[2], "/v1/moderations", "flag"),
+        (ids[2], "/v1/moderations", "allow"),
+    ]
+    assert rows[0]["policy"] == "block" and all(r["prompt"] is None for r in rows)

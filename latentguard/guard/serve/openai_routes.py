@@ -317,7 +317,8 @@ def add_openai_routes(
         )
         sampling, budget = _sampling(body), _budget(body, config)
         model, threshold, fingerprint = meta()
-        ident, created = audit.request_id(request), int(time.time())  # the id is the X-Request-ID
+        # the id carries the X-Request-ID (the audit log's key)
+        ident, created = f"chatcmpl-{audit.request_id(request)}", int(time.time())
         pool = running()
         loop = asyncio.get_running_loop()
         if not body.stream:
@@ -534,7 +535,7 @@ def add_openai_routes(
         verdicts = await classify(texts)
         await audit.record(request, route="/v1/moderations", decisions=audit.from_verdicts(texts, verdicts))
         return ModerationResponse(
-            id=audit.request_id(request),
+            id=f"modr-{audit.request_id(request)}",
             model=body.model or model,
             results=[moderation_result(v, threshold) for v in verdicts],
         )
