@@ -294,7 +294,7 @@ def merge_adapter(model: torch.nn.Module, factors: dict[str, torch.Tensor]) -> N
                     weight.detach().clone(), requires_grad=weight.requires_grad
                 )
                 weight = module.weight
-                config = getattr(model, "config", None)
-                if getattr(config, "tie_word_embeddings", False):
+                config: Any = getattr(model, "config", None)
+                if config is not None and getattr(config, "tie_word_embeddings", False):
                     config.tie_word_embeddings = False
             weight.add_(delta.to(weight.device, weight.dtype))
