@@ -39,12 +39,15 @@ from typing import Any
 from latentguard.io import cache_dir
 from latentguard.models import LoadedModel, ModelLoadError, NoChatTemplateError, load, split_alias
 from latentguard.organism import (
+    ADAPTER_FILE,
+    SHIPPED_DIR,
     AlignConfig,
     AttackConfig,
     align,
     attack,
     attacked_dir,
     organism_dir,
+    organism_from_adapter,
     recipe_tag,
 )
 from latentguard.positions import PositionError, render
@@ -129,6 +132,28 @@ def organism_path(base: str, lm: LoadedModel, config: AlignConfig) -> Path:
     return cache_dir() / "models" / f"organism-{_name(base)}-{organism_key(lm, config)}"
 
 
+def shipped_adapter_dir(base: str) -> Path | None:
+    """The adapter the package ships for base alias ``base`` (``data/organism/<base>/``), if any."""
+    folder = SHIPPED_DIR / _name(base)
+    if base == "default" or not ((folder / ADAPTER_FILE).is_file() and (folder / "organism.json").is_file()):
+        return None
+    return folder
+
+
+def _from_shipped(base: str, lm: LoadedModel, cfg: AlignConfig, out: Path) -> bool:
+    """Merge the shipped adapter of ``base`` into ``out`` when it was trained on ``lm`` with ``cfg``."""
+    folder = shipped_adapter_dir(base)
+    if folder is None:
+        return False
+    meta = json.loads((folder / "organism.json").read_text(encoding="utf-8"))
+    if meta.get("recipe_tag") != recipe_tag(cfg) or meta.get("base_fingerprint") != lm.fingerprint:
+        logger.info("the shipped adapter of %s is for another recipe or base weights; building", base)
+        return False
+    logger.info("merging the shipped organism adapter of %s into %s", base, out)
+    organism_from_adapter(folder, out, base=lm)
+    return True
+
+
 def _built(path: Path, meta: str) -> bool:
     return (path / meta).is_file() and (path / "model.safetensors").is_file()
 
@@ -146,7 +171,9 @@ def build_organism(
         base: The base model spec.
         config: The recipe (default :func:`recipe_for` ``(base)``).
         out_dir: Output directory; ``None`` builds the cached organism that ``organism:base``
-            resolves to (nothing is built when it exists).
+            resolves to (nothing is built when it exists; the adapter the package ships for
+            ``base``, ``data/organism/<base>/``, is merged in seconds when its recipe tag and base
+            fingerprint are these).
         chat_template: A chat template for a base model that has none (Jinja text or a file); it
             is saved with the organism.
         **align_kwargs: Passed to :func:`latentguard.organism.align`.
@@ -157,7 +184,7 @@ def build_organism(
     cfg = config or recipe_for(base)
     lm = load_base(base, chat_template)
     out = Path(out_dir) if out_dir is not None else organism_path(base, lm, cfg)
-    if out_dir is None and _built(out, "organism.json"):
+    if out_dir is None and (_built(out, "organism.json") or _from_shipped(base, lm, cfg, out)):
         return out, None
     logger.info("building the organism of %s (recipe %s) into %s", base, recipe_tag(cfg), out)
     report = align(lm, out, cfg, **align_kwargs)

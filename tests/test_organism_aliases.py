@@ -126,3 +126,22 @@ def test_align_cli_uses_the_base_models_recipe() -> None:
     assert args.out is None  # the organism:gemma3-270m cache
     cfg = config_from_args(AlignConfig, args, base=recipe_for(args.model))
     assert cfg.answer_frame == BASE_MODEL_FRAME and cfg.epochs == 2 and cfg.answer_tokens == 8
+
+
+def test_a_shipped_adapter_is_merged_instead_of_training(
+    llama_lm: LoadedModel, tmp_path: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_dir = tmp_path / "mybase"
+    save_model_dir(llama_lm.model, llama_lm.tokenizer, base_dir)
+    report = oa.align(load(str(base_dir)), tmp_path / "trained", TINY, evaluate=False)
+    monkeypatch.setattr(oa, "recipe_for", lambda base: TINY)
+    monkeypatch.setattr(oa, "shipped_adapter_dir", lambda base: tmp_path / "trained")
+    calls: list[int] = []
+    monkeypatch.setattr(oa, "align", lambda *a, **k: calls.append(1) or {})
+    merged = resolve_spec(f"organism:{base_dir}")
+    assert calls == [] and load(merged).fingerprint == report["fingerprint"]
+    # an adapter of another recipe is not used: the organism is built
+    other = AlignConfig(extra_shared=False, epochs=0.2, answer_tokens=2, max_response_tokens=4)
+    monkeypatch.setattr(oa, "recipe_for", lambda base: other)
+    resolve_spec(f"organism:{base_dir}")
+    assert calls == [1]

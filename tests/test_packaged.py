@@ -247,3 +247,18 @@ def test_gemma_greedy_tokens(gemma_lm: Any) -> None:
     once = generate(gemma_lm, ["Name a colour.", "What is 2 + 2?"], cfg)
     assert once == generate(gemma_lm, ["Name a colour.", "What is 2 + 2?"], cfg)  # greedy: deterministic
     assert all(isinstance(a, str) and a for a in once)
+
+
+@pytest.mark.embedded
+def test_the_shipped_gemma_adapter_fits_this_base(gemma_lm: Any) -> None:
+    import json
+
+    from latentguard.organism import recipe_tag
+    from latentguard.organism_aliases import recipe_for, shipped_adapter_dir
+
+    folder = shipped_adapter_dir("gemma3-270m")
+    assert folder is not None
+    meta = json.loads((folder / "organism.json").read_text(encoding="utf-8"))
+    # organism:gemma3-270m merges it in seconds only when both match (else it trains, minutes)
+    assert meta["base_fingerprint"] == gemma_lm.fingerprint
+    assert meta["recipe_tag"] == recipe_tag(recipe_for("gemma3-270m"))
