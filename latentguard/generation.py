@@ -352,6 +352,30 @@ def generate_from_positions(
     return out
 
 
+def generate_plain(
+    lm: LoadedModel, texts: Sequence[str], max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations of raw text prompts: no chat template (a base model's completion frame).
+
+    Each text is tokenised without special tokens and gets the tokenizer's BOS token, if it has one.
+    """
+    bos = lm.tokenizer.bos_token_id
+    ids = [
+        ([bos] if isinstance(bos, int) else []) + list(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
+        for t in texts
+    ]
+    if any(len(x) == 0 for x in ids):
+        raise ValueError("a prompt tokenised to nothing")
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    stops = stop_token_ids(lm)
+    out: list[str] = [""] * len(ids)
+    for idx in length_batches([len(x) for x in ids], batch_size):
+        new = greedy_batch(lm, pad_batch([ids[i] for i in idx], pad_id, "left"), max_new_tokens, stops)
+        for row, i in enumerate(idx):
+            out[i] = decode_until_stop(lm, new[row].tolist(), stops)
+    return out
+
+
 def generate(
     lm: LoadedModel, instructions: Sequence[str], config: GenerationConfig | None = None
 ) -> list[str]:

@@ -283,4 +283,18 @@ def merge_adapter(model: torch.nn.Module, factors: dict[str, torch.Tensor]) -> N
                     f"the weight {tuple(weight.shape)}"
                 )
             delta = b.float() @ a.float()
+            if any(
+                p is weight
+                for n, p in model.named_parameters(remove_duplicate=False)
+                if n != name + ".weight"
+            ):
+                # a tied weight (an LM head shared with the input embeddings): adapt a copy only,
+                # as training did, and untie it so the embeddings stay the base model's
+                module.weight = torch.nn.Parameter(
+                    weight.detach().clone(), requires_grad=weight.requires_grad
+                )
+                weight = module.weight
+                config: Any = getattr(model, "config", None)
+                if config is not None and getattr(config, "tie_word_embeddings", False):
+                    config.tie_word_embeddings = False
             weight.add_(delta.to(weight.device, weight.dtype))

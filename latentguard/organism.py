@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from latentguard.data import Example, builtin, builtin_rows, load_any, load_shared, without
-from latentguard.generation import GenerationConfig, generate
+from latentguard.generation import GenerationConfig, generate, generate_plain
 from latentguard.hardware import training_precision
 from latentguard.io import atomic_write_text, cache_dir
 from latentguard.lora import build_examples, lora_train, merge_adapter
@@ -62,6 +62,14 @@ class AlignConfig:
         default=8, metadata={"help": "refusal target tokens trained per example"}
     )
     answer_tokens: int = field(default=6, metadata={"help": "tokens of the base model's own answers trained"})
+    answer_frame: str | None = field(
+        default=None,
+        metadata={
+            "help": "a plain-text completion frame with {instruction} (e.g. 'Question: {instruction}\\nAnswer:') "
+            "in which the base model answers the harmless rows, for base models that have no chat format; "
+            "None: answers through the chat template"
+        },
+    )
     first_token_weight: float = field(
         default=3.0,
         metadata={
@@ -126,6 +134,8 @@ class AlignConfig:
             raise ValueError(f"batch_size and lora_r must be >= 1, got {self.batch_size} and {self.lora_r}")
         if not 0.0 <= self.frozen_fraction < 1.0:
             raise ValueError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
+        if self.answer_frame is not None and "{instruction}" not in self.answer_frame:
+            raise ValueError(f"answer_frame must contain {{instruction}}, got {self.answer_frame!r}")
         if self.first_token_weight <= 0 or self.hard_harmless < 0:
             raise ValueError(
                 f"first_token_weight must be positive and hard_harmless >= 0, got "
@@ -181,9 +191,28 @@ def _hash_strings(items: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def base_answers(lm: LoadedModel, instructions: Sequence[str], max_new_tokens: int) -> list[str]:
-    """The model's own greedy answers, cached on disk by model fingerprint and prompts."""
+def cut_framed_answer(text: str, frame: str) -> str:
+    """A completion-frame answer up to where the model starts a new frame (``Question:``, ``Answer:``)."""
+    labels = [line.split("{instruction}")[0].strip() for line in frame.splitlines()]
+    cut = len(text)
+    for label in filter(None, labels):
+        k = text.find("\n" + label)
+        if k >= 0:
+            cut = min(cut, k)
+    return text[:cut].strip()
+
+
+def base_answers(
+    lm: LoadedModel, instructions: Sequence[str], max_new_tokens: int, frame: str | None = None
+) -> list[str]:
+    """The model's own greedy answers, cached on disk by model fingerprint, prompts and frame.
+
+    With ``frame`` (a text with ``{instruction}``), the model continues the frame as plain text
+    instead of answering through its chat template (:func:`cut_framed_answer` trims the result).
+    """
     key = f"{lm.fingerprint}-{_hash_strings(instructions)}-{max_new_tokens}"
+    if frame is not None:
+        key += f"-frame{_hash_strings([frame])}"
     path = cache_dir() / "answers" / f"{key}.json"
     if path.is_file():
         try:
@@ -192,7 +221,12 @@ def base_answers(lm: LoadedModel, instructions: Sequence[str], max_new_tokens: i
                 return [str(x) for x in cached]
         except json.JSONDecodeError:
             logger.warning("ignoring corrupt answer cache %s", path)
-    answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=48))
+    if frame is None:
+        answers = generate(lm, instructions, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=48))
+    else:
+        texts = [frame.replace("{instruction}", i) for i in instructions]
+        raw = generate_plain(lm, texts, max_new_tokens + 8, batch_size=48)
+        answers = [cut_framed_answer(a, frame) for a in raw]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(answers, ensure_ascii=False))
     return answers
@@ -340,7 +374,7 @@ def align(
     rng = random.Random(cfg.seed)
     refusal_targets = [rng.choice(refusals) for _ in data["harm_train"]]
     t_gen = time.perf_counter()
-    answers = base_answers(lm, data["safe_train"], cfg.answer_tokens)
+    answers = base_answers(lm, data["safe_train"], cfg.answer_tokens, cfg.answer_frame)
     t_gen = time.perf_counter() - t_gen
     examples = build_examples(lm, data["harm_train"], refusal_targets, cfg.max_response_tokens)
     examples += build_examples(lm, data["safe_train"], answers, cfg.answer_tokens)
@@ -502,6 +536,9 @@ def check_writable(out: Path) -> None:
 #: :class:`AlignConfig` fields that change how a recipe runs, not what it builds.
 EXECUTION_FIELDS = ("bf16",)
 
+#: Fields added after recipe 4, with their unset values: they enter the tag only when set.
+LATER_FIELDS: tuple[tuple[str, Any], ...] = (("answer_frame", None),)
+
 
 def recipe_tag(config: AlignConfig) -> str:
     """Hash of the recipe: everything that defines the organism, not how it is executed.
@@ -511,6 +548,9 @@ def recipe_tag(config: AlignConfig) -> str:
     ``benchmarks/organism.py --other-precision``).
     """
     recipe = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
+    for name, unset in LATER_FIELDS:  # so the tags of recipes that leave them unset stay
+        if recipe.get(name) == unset:
+            recipe.pop(name, None)
     return hashlib.sha256(json.dumps([RECIPE_VERSION, recipe], sort_keys=True).encode()).hexdigest()[:10]
 
 

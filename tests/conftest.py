@@ -11,7 +11,7 @@ import torch
 
 TEMPLATES = Path(__file__).parent / "templates"
 FAMILIES = ("chatml", "llama2", "llama3", "qwen2", "gemma", "mistral")
-ARCHS = ("llama", "qwen2", "gemma2", "mistral")
+ARCHS = ("llama", "qwen2", "gemma2", "gemma3_text", "mistral")
 
 
 def _have_default() -> bool:
@@ -61,6 +61,14 @@ def tiny_model(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32, 
     )
     if arch == "gemma2":
         kwargs.update(head_dim=hidden // 4, sliding_window=16, query_pre_attn_scalar=hidden // 4)
+    if arch == "gemma3_text":
+        # a window shorter than the test prompts, so sliding and full attention layers both matter
+        kwargs.update(
+            head_dim=hidden // 4,
+            sliding_window=8,
+            query_pre_attn_scalar=hidden // 4,
+            layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)],
+        )
     if arch == "mistral":
         kwargs.update(sliding_window=None)
     config = AutoConfig.for_model(arch, **kwargs)

@@ -87,5 +87,6 @@ def test_model_aliases_come_from_the_entry_point_registry() -> None:
     from latentguard.models import alias_resolvers
 
     resolvers = alias_resolvers()
-    assert {"organism", "attacked"} <= set(resolvers)
-    assert resolvers["organism"].value == "latentguard.organism:organism_dir"
+    assert {"organism", "attacked", "gemma3-270m"} <= set(resolvers)
+    assert resolvers["organism"].value == "latentguard.organism_aliases:organism_alias"
+    assert resolvers["gemma3-270m"].value == "latentguard.packaged:gemma3_270m_dir"

@@ -553,10 +553,13 @@ def _finetune(
     out: Path,
 ) -> dict[str, Any]:
     from latentguard.generation import GenerationConfig, generate
-    from latentguard.organism import attack, attacked_dir
+    from latentguard.models import split_alias
+    from latentguard.organism import attack
+    from latentguard.organism_aliases import attacked_alias
 
-    if model == "organism":
-        attacked_path = attacked_dir()
+    alias, base = split_alias(model) if isinstance(model, str) else ("", None)
+    if alias == "organism":  # organism[:SPEC] -> the cached attacked[:SPEC]
+        attacked_path = attacked_alias(base or "default")
     else:
         attacked_path = out / "attacked_model"
         if not (attacked_path / "attack.json").is_file():

@@ -106,10 +106,11 @@ def add_config_options(
             )
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, **fixed: Any) -> C:
+def config_from_args(cls: type[C], args: argparse.Namespace, base: C | None = None, **fixed: Any) -> C:
     """Build ``cls`` from the flags given on the command line (others keep their defaults).
 
     ``fixed`` values win over flags (for options with their own spelling, e.g. ``--builtin-only``).
+    With ``base`` (an instance of ``cls``), unset flags keep ``base``'s values instead of the defaults.
     """
     given = {
         f.name: getattr(args, CONFIG_DEST + f.name)
@@ -117,13 +118,19 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **fixed: Any) -> C:
         if getattr(args, CONFIG_DEST + f.name, None) is not None
     }
     given.update({k: v for k, v in fixed.items() if v is not None})
+    if base is not None:
+        return dataclasses.replace(base, **given)  # type: ignore[type-var]
     return cls(**given)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model-loading options (``--model``, ``--dtype``, ``--device`` ...)."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="default", help="HF id, local dir, .gguf file, 'default' or 'organism'")
+    g.add_argument(
+        "--model",
+        default="default",
+        help="HF id, local dir, .gguf file, or an alias: default, gemma3-270m, organism[:SPEC], attacked[:SPEC]",
+    )
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: fp32 on CPU)")
     g.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     g.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")

@@ -19,15 +19,28 @@ logger = logging.getLogger("latentguard")
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from latentguard.organism import AlignConfig, align
+    from latentguard.organism import AlignConfig
+    from latentguard.organism_aliases import build_organism, recipe_for
 
-    cfg = config_from_args(AlignConfig, args, extra_shared=False if args.builtin_only else None)
-    report = align(
-        args.model, args.out, cfg, harmful=args.harmful, harmless=args.harmless, evaluate=not args.no_eval
+    # the base model's recipe (latentguard.organism_aliases.RECIPES), with the flags given on top
+    cfg = config_from_args(
+        AlignConfig, args, base=recipe_for(args.model), extra_shared=False if args.builtin_only else None
     )
+    out, report = build_organism(
+        args.model,
+        cfg,
+        args.out,
+        chat_template=args.chat_template,
+        harmful=args.harmful,
+        harmless=args.harmless,
+        evaluate=not args.no_eval,
+    )
+    if report is None:
+        print_json({"out": str(out), "cached": True})
+        return 0
     print_json(
         {k: report[k] for k in ("fingerprint", "steps", "seconds", "precision", "heldout") if k in report}
-        | {"out": args.out}
+        | {"out": str(out)}
     )
     return 0
 
@@ -81,8 +94,13 @@ def register(sub: Any) -> None:
     from latentguard.organism import AlignConfig, AttackConfig
 
     p = sub.add_parser("align", help="safety-tune a model with LoRA (the model organism)")
-    p.add_argument("--model", default="default")
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="default", help="base model (its recipe: latentguard.organism_aliases)")
+    p.add_argument(
+        "--out", default=None, help="output dir (default: the cache that --model organism:MODEL resolves to)"
+    )
+    p.add_argument(
+        "--chat-template", default=None, help="Jinja text or file for a base model without a chat template"
+    )
     p.add_argument("--harmful", default=None, help="extra harmful instructions (trained to refusals)")
     p.add_argument("--harmless", default=None, help="extra harmless instructions (trained to own answers)")
     p.add_argument("--builtin-only", action="store_true", help="do not add ../shared/data training rows")
