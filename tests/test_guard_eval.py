@@ -377,6 +377,16 @@ def test_evaluate_guards_end_to_end_on_a_tiny_model(llama_lm: LoadedModel, tmp_c
     assert all(c["lo"] <= c["diff"] <= c["hi"] or c["lo"] == c["hi"] for c in out["xstest_auroc_comparison"])
     saved = LatentGuard.load(out["guard_path"])
     assert list(saved.layers) == out["guard"]["layers"] and saved.position == "t_inst"
+    # the robustness table (every obfuscation, raw and normalised) and the conversation table
+    rob = out["robustness"]
+    assert rob["obfuscations"][0] == "plain" and len(rob["obfuscations"]) == 10
+    assert [r["key"] for r in rob["rows"]][:2] == [LATENT_GUARD, "latent_guard_normalised"]
+    assert all(
+        v is None or 0.0 <= v <= 1.0 for r in rob["rows"] for v in [*r["tpr"].values(), *r["fpr"].values()]
+    )
+    conv = out["conversations"]
+    assert [r["key"] for r in conv["rows"]] == [LATENT_GUARD, REFUSAL_DIRECTION_GUARD] and conv["n"][0] >= 4
+    assert all(0.0 <= r["tpr_harmful_after_harmless"] <= 1.0 for r in conv["rows"])
     # a second run reuses the cached GCG prompt: same jailbreak set, same decisions
     again = evaluate_guards(llama_lm, _FirstWordJudge(), cfg)
     assert again["rows"][0]["flags"] == latent["flags"]

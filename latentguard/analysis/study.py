@@ -349,6 +349,7 @@ def guard_section(path: str, fingerprint: str) -> dict[str, Any]:
         "comparison",
         "robustness",
         "small_data_guard",
+        "conversations",
     )
     kept = {k: table[k] for k in keep if k in table}
     # per-prompt decisions stay in guard_eval.json; the summary keeps the numbers

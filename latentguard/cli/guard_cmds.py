@@ -236,6 +236,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
     from latentguard.experiments.guard_eval.config import EvalConfig
     from latentguard.experiments.guard_eval.format import (
         format_comparison,
+        format_conversations,
         format_lookalike_comparison,
         format_repair,
         format_robustness,
@@ -279,6 +280,12 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         text += (
             f"\n\nObfuscated prompts ({rob['n_harmful']} harmful / {rob['n_everyday']} everyday test prompts; "
             "TPR on harmful, FPR on everyday):\n\n" + format_robustness(rob)
+        )
+    if "conversations" in table:
+        n_h, n_s = table["conversations"]["n"]
+        text += (
+            f"\n\nConversations ({n_h} + {n_s} two-turn conversations from the test sets; the guard reads the "
+            "last user turn in context):\n\n" + format_conversations(table["conversations"])
         )
     if "after_attack" in table:
         text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])

@@ -269,6 +269,21 @@ def _guard_section(guard: Any) -> str | None:
             "runs by default in guard check, the server and guarded generation.</p>",
             f"<table>{head}</tr>{''.join(body)}</table>",
         ]
+    conv = table.get("conversations")
+    if isinstance(conv, Mapping) and conv.get("rows"):
+        body = [
+            f"<tr><th>{_e(r.get('name', ''))}</th>{_cell(r.get('tpr_harmful_after_harmless'))}"
+            f"{_cell(r.get('fpr_harmless_after_harmful'))}</tr>"
+            for r in conv["rows"]
+            if isinstance(r, Mapping)
+        ]
+        parts += [
+            "<h3>Conversations</h3><p>Two-turn conversations from the test sets; the guard reads the last "
+            "user turn in context.</p><table><tr><th>guard</th><th>TPR harmful last turn after harmless "
+            "history</th><th>FPR harmless follow-up after a harmful turn</th></tr>"
+            + "".join(body)
+            + "</table>",
+        ]
     repair = table.get("repair")
     if isinstance(repair, Mapping) and repair:
         cols = ("n", "refusal_before", "refusal_after", "guard_flags")

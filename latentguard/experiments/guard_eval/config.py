@@ -102,6 +102,13 @@ class EvalConfig:
             "help": "harmful and everyday test prompts per obfuscation in the robustness table (0: no table)"
         },
     )
+    n_conversations: int = field(
+        default=100,
+        metadata={
+            "help": "two-turn conversations per kind in the conversation table (a harmful request after a "
+            "harmless exchange; a harmless follow-up after a refused harmful request); 0: no table"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
     seeds: int = field(
         default=5,

@@ -143,3 +143,27 @@ def format_robustness(table: Mapping[str, Any]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def format_conversations(table: Mapping[str, Any]) -> str:
+    """A Markdown table of :func:`.conversations.conversation_table`.
+
+    Args:
+        table: Its result.
+
+    Returns:
+        The table.
+    """
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [
+        "| guard | TPR harmful last turn after harmless history | FPR harmless follow-up after a harmful turn |",
+        "|---|---|---|",
+    ]
+    for r in table.get("rows", []):
+        lines.append(
+            f"| {r['name']} | {cell(r.get('tpr_harmful_after_harmless'))} | {cell(r.get('fpr_harmless_after_harmful'))} |"
+        )
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import Any
 
 from latentguard.activations import ActivationSet
 from latentguard.experiments.guard_eval.config import BAR_COLUMNS, COLUMNS, EvalConfig
+from latentguard.experiments.guard_eval.conversations import conversation_sets, conversation_table
 from latentguard.experiments.guard_eval.data import add_gcg, guard_data
 from latentguard.experiments.guard_eval.fits import (
     ACTIVATION_GUARDS,
@@ -207,6 +208,13 @@ def evaluate_guards(
             progress=say,
             keep=lambda ps: prompts_that_fit(lm, ps),
         )
+    if cfg.n_conversations > 0:
+        n_conv = max(4, int(cfg.n_conversations * (0.25 if cfg.quick else 1.0)))
+        later, follow = conversation_sets(
+            data["test_harmful"][:n_conv], data["test_everyday"][:n_conv], cfg.seed
+        )
+        acts = [sc for sc in scorers if sc.key in (LATENT_GUARD, REFUSAL_DIRECTION_GUARD)]
+        result["conversations"] = conversation_table(acts, later, follow)
     result["comparison"] = paired_comparison(result, ROW_NAMES[LATENT_GUARD], BAR_COLUMNS)
     result["xstest_auroc_comparison"] = lookalike_auroc_comparison(result, ROW_NAMES[LATENT_GUARD])
     if guard_out is not None:
