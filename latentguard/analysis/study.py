@@ -350,6 +350,7 @@ def guard_section(path: str, fingerprint: str) -> dict[str, Any]:
         "robustness",
         "small_data_guard",
         "conversations",
+        "categories",
     )
     kept = {k: table[k] for k in keep if k in table}
     # per-prompt decisions stay in guard_eval.json; the summary keeps the numbers

@@ -235,6 +235,7 @@ def cmd_guard_chat(args: argparse.Namespace) -> int:
 def cmd_guard_eval(args: argparse.Namespace) -> int:
     from latentguard.experiments.guard_eval.config import EvalConfig
     from latentguard.experiments.guard_eval.format import (
+        format_categories,
         format_comparison,
         format_conversations,
         format_lookalike_comparison,
@@ -286,6 +287,11 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
         text += (
             f"\n\nConversations ({n_h} + {n_s} two-turn conversations from the test sets; the guard reads the "
             "last user turn in context):\n\n" + format_conversations(table["conversations"])
+        )
+    if "categories" in table:
+        text += (
+            f"\n\nPer-category head (/v1/moderations; CatQA, layer {table['categories']['layer']}), held-out "
+            "accuracy of the arg-max category:\n\n" + format_categories(table["categories"])
         )
     if "after_attack" in table:
         text += "\n\nAfter the finetuning attack:\n\n" + format_table(table["after_attack"])

@@ -109,6 +109,13 @@ class EvalConfig:
             "harmless exchange; a harmless follow-up after a refused harmful request); 0: no table"
         },
     )
+    categories: bool = field(
+        default=True,
+        metadata={
+            "help": "fit the per-category head (the 11 CatQA categories, /v1/moderations) on CatQA and report "
+            "its held-out accuracy per category (needs shared data)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward"})
     seeds: int = field(
         default=5,

@@ -167,3 +167,21 @@ def format_conversations(table: Mapping[str, Any]) -> str:
             f"| {r['name']} | {cell(r.get('tpr_harmful_after_harmless'))} | {cell(r.get('fpr_harmless_after_harmful'))} |"
         )
     return "\n".join(lines)
+
+
+def format_categories(cats: Mapping[str, Any]) -> str:
+    """A Markdown table of the per-category head's held-out accuracy (``guard_eval.json`` ``categories``).
+
+    Args:
+        cats: ``{"layer", "val_accuracy", "val_accuracy_per_category", "n_train", "n_val"}``.
+
+    Returns:
+        The table.
+    """
+    lines = ["| category | held-out accuracy |", "|---|---|"]
+    for name, acc in (cats.get("val_accuracy_per_category") or {}).items():
+        lines.append(f"| {name} | {acc:.3f} |")
+    lines.append(
+        f"| **all** ({cats.get('n_val')} held out) | **{cats.get('val_accuracy', float('nan')):.3f}** |"
+    )
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from latentguard.activations import ActivationSet
+from latentguard.data import load_shared
 from latentguard.experiments.guard_eval.config import BAR_COLUMNS, COLUMNS, EvalConfig
 from latentguard.experiments.guard_eval.conversations import conversation_sets, conversation_table
 from latentguard.experiments.guard_eval.data import add_gcg, guard_data
@@ -215,6 +216,22 @@ def evaluate_guards(
         )
         acts = [sc for sc in scorers if sc.key in (LATENT_GUARD, REFUSAL_DIRECTION_GUARD)]
         result["conversations"] = conversation_table(acts, later, follow)
+    catqa = load_shared("harmful_catqa") if cfg.categories and data["source"] == "shared" else None
+    if catqa:
+        from latentguard.guard.categories import fit_categories
+
+        say("per-category head on CatQA (held-out accuracy per category)")
+        g = guards[LATENT_GUARD]
+        head = fit_categories(
+            lm,
+            [(r.instruction, r.category) for r in catqa if r.category],
+            data["train_harmless"][:500],
+            position=g.position,
+            layer=g.layers[len(g.layers) // 2],
+            batch_size=bs,
+            seed=cfg.seed,
+        )
+        result["categories"] = {"layer": head.layer, **head.metrics}
     result["comparison"] = paired_comparison(result, ROW_NAMES[LATENT_GUARD], BAR_COLUMNS)
     result["xstest_auroc_comparison"] = lookalike_auroc_comparison(result, ROW_NAMES[LATENT_GUARD])
     if guard_out is not None:
