@@ -81,17 +81,10 @@ def small(lm, n: int) -> None:  # type: ignore[no-untyped-def]
 def full(lm, out: str | None) -> None:  # type: ignore[no-untyped-def]
     from latentguard.experiments.guard_eval.config import EvalConfig
     from latentguard.experiments.guard_eval.data import guard_data
+    from latentguard.experiments.guard_eval.fits import default_guard
 
     data = guard_data(EvalConfig())
-    guard = fit_guard(
-        lm,
-        data["train_harmful"],
-        data["train_harmless"],
-        GuardConfig(),
-        lookalikes=data["train_harmless_lookalike"],
-        harmful_sources=data["train_harmful_sources"],
-        harmless_sources=data["train_harmless_sources"],
-    )
+    guard = default_guard(lm, data)
     emit(
         f"full data: {len(data['train_harmful'])} + {len(data['train_harmless'])} training prompts; {describe(guard)}"
     )

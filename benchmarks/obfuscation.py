@@ -17,7 +17,8 @@ import time
 
 from _common import emit
 
-from latentguard.guard.fit import GuardConfig, LatentGuard, fit_guard
+from latentguard.experiments.guard_eval.fits import default_guard
+from latentguard.guard.fit import LatentGuard
 from latentguard.guard.normalize import normalize
 from latentguard.guard.score import check
 from latentguard.models import load
@@ -37,18 +38,7 @@ def main() -> None:
         emit("needs ../shared/data")
         return
     lm = load("organism")
-    if args.guard:
-        guard = LatentGuard.load(args.guard, lm)
-    else:
-        guard = fit_guard(
-            lm,
-            data["train_harmful"],
-            data["train_harmless"],
-            GuardConfig(),
-            lookalikes=data["train_harmless_lookalike"],
-            harmful_sources=data["train_harmful_sources"],
-            harmless_sources=data["train_harmless_sources"],
-        )
+    guard = LatentGuard.load(args.guard, lm) if args.guard else default_guard(lm, data)
     harm, safe = data["test_harmful"], data["test_everyday"]
     emit(
         f"guard: {guard.method} layers {guard.layers}; {len(harm)} harmful / {len(safe)} everyday test prompts"

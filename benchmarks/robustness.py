@@ -21,12 +21,12 @@ from _common import emit
 
 from latentguard.experiments.guard_eval.config import EvalConfig
 from latentguard.experiments.guard_eval.data import guard_data
-from latentguard.experiments.guard_eval.fits import eval_training_set
+from latentguard.experiments.guard_eval.fits import default_guard, eval_training_set
 from latentguard.experiments.guard_eval.format import format_robustness
 from latentguard.experiments.guard_eval.robustness import normalised, robustness_table
 from latentguard.experiments.guard_eval.rows import LATENT_GUARD, NORMALISED_GUARD, ROW_NAMES
 from latentguard.experiments.guard_eval.scorers import activation_scorer, refusal_scorer, text_scorer
-from latentguard.guard.fit import GuardConfig, LatentGuard, fit_guard
+from latentguard.guard.fit import LatentGuard
 from latentguard.guard.training_set import prompts_that_fit
 from latentguard.judge import load_judge
 from latentguard.models import load
@@ -44,18 +44,7 @@ def main() -> None:
         emit("needs ../shared/data")
         return
     lm = load("organism")
-    if args.guard:
-        guard = LatentGuard.load(args.guard, lm)
-    else:
-        guard = fit_guard(
-            lm,
-            data["train_harmful"],
-            data["train_harmless"],
-            GuardConfig(),
-            lookalikes=data["train_harmless_lookalike"],
-            harmful_sources=data["train_harmful_sources"],
-            harmless_sources=data["train_harmless_sources"],
-        )
+    guard = LatentGuard.load(args.guard, lm) if args.guard else default_guard(lm, data)
     ts = eval_training_set(data, cfg, None if not cfg.n_suffixed else lm)
     latent = activation_scorer(LATENT_GUARD, ROW_NAMES[LATENT_GUARD], lm, guard, cfg.batch_size)
     scorers = [latent, normalised(latent, NORMALISED_GUARD, ROW_NAMES[NORMALISED_GUARD])]

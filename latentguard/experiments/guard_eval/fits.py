@@ -81,6 +81,30 @@ def eval_training_set(data: Mapping[str, Any], cfg: EvalConfig, lm: LoadedModel 
     )
 
 
+def default_guard(lm: LoadedModel, data: Mapping[str, Any]) -> LatentGuard:
+    """What a user gets from ``guard fit`` with no options on the evaluation's plain training sets.
+
+    Args:
+        lm: The model.
+        data: The sets of :func:`.data.guard_data` (their sources are passed on, for the
+            leave-one-source-out layer choice).
+
+    Returns:
+        The guard.
+    """
+    from latentguard.guard.fit import fit_guard
+
+    return fit_guard(
+        lm,
+        data["train_harmful"],
+        data["train_harmless"],
+        GuardConfig(),
+        lookalikes=data.get("train_harmless_lookalike", ()),
+        harmful_sources=data.get("train_harmful_sources"),
+        harmless_sources=data.get("train_harmless_sources"),
+    )
+
+
 def training_counts(ts: TrainingSet) -> dict[str, int]:
     """Sizes of the training set's groups under the names ``guard_eval.json`` reports them.
 
