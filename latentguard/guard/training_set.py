@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 
@@ -51,11 +52,13 @@ CLASSES = ("harmful", "harmless")
 #: The groups of rows of each class, in row order.
 GROUPS = ("plain", "wrapped", "suffixed", "obfuscated")
 #: The built-in sets :func:`builtin_mix` adds, by role.
-BUILTIN_MIX: dict[str, tuple[str, ...]] = {
-    "harmful": ("harmful",),
-    "harmless": ("harmless", "harmless_questions"),
-    "lookalikes": ("xstest_like",),
-}
+BUILTIN_MIX: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "harmful": ("harmful",),
+        "harmless": ("harmless", "harmless_questions"),
+        "lookalikes": ("xstest_like",),
+    }
+)
 #: Source name of the lookalike rows appended to the harmless prompts.
 LOOKALIKE_SOURCE = "lookalikes"
 

@@ -145,8 +145,6 @@ def short_answer_confusion(judge: Any) -> dict[str, Any]:
         ``accuracy``, ``n`` and the four counts (refusal is the positive class), plus the misjudged
         responses.
     """
-    from latentguard.data import builtin_rows
-
     rows = builtin_rows("short_answers")
     y = np.array([int(r["refused"]) for r in rows])
     pred = np.array([int(v.refused) for v in judge.judge([str(r["response"]) for r in rows])])
