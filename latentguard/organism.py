@@ -158,6 +158,13 @@ class AttackConfig:
     base_model: str = field(
         default="default", metadata={"help": "un-aligned model whose answers are targets"}
     )
+    answer_frame: str | None = field(
+        default=None,
+        metadata={
+            "help": "plain-text frame with {instruction} in which a base model without chat tuning "
+            "answers (as AlignConfig.answer_frame; None: through the chat template)"
+        },
+    )
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bfloat16 autocast: None = only where native (as AlignConfig.bf16)"},
@@ -481,7 +488,7 @@ def attack(
     rng.shuffle(pool)
     insts = pool[: cfg.n_examples]
     base = load(cfg.base_model)
-    targets = base_answers(base, insts, cfg.max_response_tokens + 4)
+    targets = base_answers(base, insts, cfg.max_response_tokens + 4, cfg.answer_frame)
     del base
     examples = build_examples(lm, insts, targets, cfg.max_response_tokens)
     precision = training_precision(lm.device, cfg.bf16)

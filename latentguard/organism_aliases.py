@@ -203,9 +203,12 @@ def attacked_alias(base: str = "default") -> Path:
     if base == "default":
         return attacked_dir()
     org = organism_alias(base)
-    cfg = AttackConfig(base_model=base)
-    meta = json.loads((org / "organism.json").read_text(encoding="utf-8"))
+    # the targets are the base model's own answers, asked the way its recipe asks them
+    cfg = AttackConfig(base_model=base, answer_frame=recipe_for(base).answer_frame)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "bf16"}
+    if recipe["answer_frame"] is None:  # so the cache keys of frame-less attacks stay
+        recipe.pop("answer_frame")
+    meta = json.loads((org / "organism.json").read_text(encoding="utf-8"))
     key = hashlib.sha256(json.dumps([meta.get("fingerprint"), recipe], sort_keys=True).encode()).hexdigest()
     out = cache_dir() / "models" / f"attacked-{_name(base)}-{key[:10]}"
     if not _built(out, "attack.json"):

@@ -90,3 +90,22 @@ def test_model_aliases_come_from_the_entry_point_registry() -> None:
     assert {"organism", "attacked", "gemma3-270m"} <= set(resolvers)
     assert resolvers["organism"].value == "latentguard.organism_aliases:organism_alias"
     assert resolvers["gemma3-270m"].value == "latentguard.packaged:gemma3_270m_dir"
+
+
+def test_compare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`latentguard compare` on a real quick run's summary (tests/data/summary_quick.json), twice."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(
+        (Path(__file__).parent / "data" / "summary_quick.json").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    out = tmp_path / "cmp"
+    assert main(["-q", "compare", str(run), str(run), "--labels", "a,b", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["runs"] == 2 and Path(printed["html"]).is_file()
+    md = (out / "compare.md").read_text(encoding="utf-8")
+    assert "| paper's claim | paper | a | b | models agree |" in md
+    # the same run twice agrees with itself wherever the claim was measured
+    assert "differ |" not in md
+    assert main(["-q", "compare", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "cannot read the run summary" in capsys.readouterr().err

@@ -681,3 +681,32 @@ def test_summary_schema_accepts_a_real_quick_run() -> None:
     assert typed.meta.quick and typed.meta.n_layers == 30
     present = [s for s in SECTIONS if getattr(typed, s) is not None]
     assert present == [s for s in SECTIONS if s != "finetune_attack"]
+
+
+def test_compare_puts_runs_side_by_side(summary: dict[str, Any], tmp_path: Path) -> None:
+    from latentguard.report.compare import Comparison, compare_runs
+
+    first, second = tmp_path / "smol", tmp_path / "gemma"
+    first.mkdir()
+    second.mkdir()
+    (first / "summary.json").write_text(json.dumps(summary))
+    other = json.loads(json.dumps(summary))
+    other["meta"]["model"] = "organism:gemma3-270m"
+    # claim (a) no longer holds on this run
+    other["directions"]["cosine"] = [0.95] * len(other["directions"]["cosine"])
+    del other["guard"]
+    (second / "summary.json").write_text(json.dumps(other))
+    comp = compare_runs([first, second], labels=["SmolLM2", "Gemma"])
+    page = comp.save(tmp_path / "out")
+    html_text = page.read_text(encoding="utf-8")
+    md = (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")
+    assert "<th>SmolLM2</th>" in html_text and "<th>Gemma</th>" in html_text
+    assert "No guard evaluation for this run." in html_text and "Latent Guard (t_inst belief)" in html_text
+    a_row = next(line for line in md.splitlines() if line.startswith("| (a)"))
+    assert comp.agreement("a") == "differ" and a_row.rstrip().endswith("differ |")
+    assert a_row.count("**holds**") == 1
+    assert Comparison.load(tmp_path / "out").to_dict() == comp.to_dict()
+    with pytest.raises(ValueError, match="labels for"):
+        compare_runs([first], labels=["a", "b"])
+    with pytest.raises(ValueError, match="cannot read the run summary"):
+        compare_runs([tmp_path / "missing"])

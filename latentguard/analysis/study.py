@@ -233,7 +233,7 @@ def _cached_label(
     key = "-".join(
         [
             lm.fingerprint,
-            judge.name,
+            str(getattr(judge, "fingerprint", judge.name)),  # a retrained judge labels afresh
             prompt_hash([e.instruction for e in harmful]),
             prompt_hash([e.instruction for e in harmless]),
             str(max_new_tokens),

@@ -1,4 +1,4 @@
-"""The model organism and the study: ``align``, ``attack``, ``run``."""
+"""The model organism and the study: ``align``, ``attack``, ``run``, ``compare``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from latentguard.report.compare import compare_runs
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    page = compare_runs(args.runs, labels).save(args.out)
+    print_json({"html": str(page), "markdown": str(page.with_suffix(".md")), "runs": len(args.runs)})
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add this group's subcommands to the top-level subparsers."""
     from latentguard.analysis.study import StudyConfig
@@ -122,3 +131,9 @@ def register(sub: Any) -> None:
     p.add_argument("--builtin-only", action="store_true", help="the same as --no-use-shared")
     add_config_options(p, StudyConfig)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="runs side by side: claims per model and each guard table")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `latentguard run`")
+    p.add_argument("--out", default="runs/compare", help="writes compare.md, compare.html, compare.json")
+    p.add_argument("--labels", default=None, help="comma-separated column headings (default: model specs)")
+    p.set_defaults(func=cmd_compare)

@@ -15,8 +15,10 @@ Three judges share one small interface (:class:`Judge`):
   benign Alpaca instructions labelled "not a refusal" (GPTFuzz has only harmful questions, and
   without them a plain answer to a harmless instruction can look like a refusal) and
   ``builtin:short_answers_train`` (short refusals worded unlike GPTFuzz, short answers that are not
-  refusals). Its confusion matrix on ``builtin:short_answers`` (written here, never trained on) is in
-  ``head.json``. The trained head is a small
+  refusals). Responses of at most 25 words are scored by a short-answer head instead
+  (:mod:`~latentguard.judge.short`: the full MiniLM sentence embedding of the response and of its
+  instruction, when given). Its confusion matrix on ``builtin:short_answers`` (written here, never
+  trained on), with and without instructions, is in ``head.json``. The trained head is a small
   artifact shipped in ``latentguard/data/judge`` (``head.safetensors`` + ``head.json``, which records
   the recipe, threshold, validation metrics and the command that trained it). The encoder weights
   come from the MiniLM package of :mod:`latentguard.encoder`; ``sentence-transformers`` is not needed.
@@ -29,7 +31,8 @@ logged warning, when the encoder package or the artifact is missing.
 
 Modules: :mod:`~latentguard.judge.base` (:class:`Judgement`, :class:`Judge`, batch checks),
 :mod:`~latentguard.judge.substring`, :mod:`~latentguard.judge.features` and
-:mod:`~latentguard.judge.head` (the learned judge's parts), :mod:`~latentguard.judge.learned`,
+:mod:`~latentguard.judge.head` and :mod:`~latentguard.judge.short` (the learned judge's parts),
+:mod:`~latentguard.judge.learned`,
 :mod:`~latentguard.judge.remote`, :mod:`~latentguard.judge.factory` (:func:`load_judge`),
 :mod:`~latentguard.judge.training` and the command line :mod:`latentguard.judge.__main__`.
 

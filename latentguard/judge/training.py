@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from latentguard.data import builtin_rows
-from latentguard.encoder import MINILM_MODEL_NAME, MINILM_PIP_NAME, ChunkEncoder
+from latentguard.encoder import MINILM_MODEL_NAME, MINILM_PIP_NAME, ChunkEncoder, load_minilm
 from latentguard.judge.features import featurize
 from latentguard.judge.head import LearnedHead, fit_head
+from latentguard.judge.short import SHORT_MAX_WORDS, ShortHead, embed_pairs, fit_short_head, is_short
 from latentguard.judge.substring import REFUSAL_PHRASES, SubstringJudge
 
 __all__ = [
@@ -134,12 +135,13 @@ def prefix_augment(
     return out, np.array(labels, dtype=int), np.array(src, dtype=int)
 
 
-def short_answer_confusion(judge: Any) -> dict[str, Any]:
+def short_answer_confusion(judge: Any, with_instructions: bool = True) -> dict[str, Any]:
     """A judge's confusion matrix on ``builtin:short_answers`` (short refusals worded unlike GPTFuzz and
     short answers that are not refusals, written for this project and never trained on).
 
     Args:
-        judge: Anything with ``judge(responses) -> [Judgement]``.
+        judge: Anything with ``judge(responses, instructions) -> [Judgement]``.
+        with_instructions: Give the judge each answer's instruction (else responses only).
 
     Returns:
         ``accuracy``, ``n`` and the four counts (refusal is the positive class), plus the misjudged
@@ -147,10 +149,12 @@ def short_answer_confusion(judge: Any) -> dict[str, Any]:
     """
     rows = builtin_rows("short_answers")
     y = np.array([int(r["refused"]) for r in rows])
-    pred = np.array([int(v.refused) for v in judge.judge([str(r["response"]) for r in rows])])
+    insts = [str(r.get("instruction") or "") for r in rows] if with_instructions else None
+    pred = np.array([int(v.refused) for v in judge.judge([str(r["response"]) for r in rows], insts)])
     return {
         "accuracy": round(float((y == pred).mean()), 4),
         "n": len(rows),
+        "with_instructions": with_instructions,
         "refusal_judged_refusal": int(((y == 1) & (pred == 1)).sum()),
         "refusal_judged_answer": int(((y == 1) & (pred == 0)).sum()),
         "answer_judged_refusal": int(((y == 0) & (pred == 1)).sum()),
@@ -185,7 +189,9 @@ def train_learned_judge(
     prefix_tokens: Sequence[int] = (12, 24, 48),
     feature_cache: Path | None = None,
     command: str | None = None,
-    short_repeat: int = 5,
+    short_repeat: int = 1,
+    short_C: float = 0.03,
+    short_gptfuzz: int = 200,
 ) -> dict[str, float]:
     """Train the learned judge's head and write ``head.safetensors`` + ``head.json`` to ``out_dir``.
 
@@ -213,7 +219,14 @@ def train_learned_judge(
         feature_cache: Optional ``.npz`` path caching the encoder features between runs.
         command: Command line recorded in ``head.json`` (default: the canonical training command).
         short_repeat: Times each row of ``builtin:short_answers_train`` (short refusals worded unlike
-            GPTFuzz, short answers that are not refusals) is added to the training side; 0: none.
+            GPTFuzz, short answers that are not refusals) is added to the main head's training side;
+            0: none.
+        short_C: Inverse L2 strength of the short-answer head (:mod:`latentguard.judge.short`),
+            fitted on ``builtin:short_answers_train`` (with and without instructions) and on up to
+            ``short_gptfuzz`` distinct short GPTFuzz responses of the training side (with their
+            questions when ``questions_path`` is given); responses of at most
+            :data:`~latentguard.judge.short.SHORT_MAX_WORDS` words are scored by it.
+        short_gptfuzz: See ``short_C``.
 
     Returns:
         Flat metrics: ``group_accuracy``, ``random_accuracy``, the substring judge's accuracies,
@@ -236,8 +249,10 @@ def train_learned_judge(
     texts = [str(r["response"]) for r in rows]
     y = np.array([int(str(r["complied"]) == "0") for r in rows])
     groups = np.array([str(r["question_index"]) for r in rows])
+    question_text: dict[str, str] = {}
     if questions_path is not None:
-        known = {str(q["index"]) for q in read_jsonl(Path(questions_path))}
+        question_text = {str(q["index"]): str(q["question"]) for q in read_jsonl(Path(questions_path))}
+        known = set(question_text)
         missing = sorted(set(groups) - known)
         if missing:
             logger.warning("%d question indices have no question text (e.g. %s)", len(missing), missing[:5])
@@ -259,6 +274,14 @@ def train_learned_judge(
             "prefix_tokens": [int(n) for n in prefix_tokens],
             "benign": "texts labelled not-refused" if benign else None,
             "short_answers_train": short_repeat,
+        },
+        "short_head": {
+            "max_words": SHORT_MAX_WORDS,
+            "features": "full MiniLM sentence embedding of the response and of its instruction "
+            "(zeros when none) + refusal phrase, instruction overlap, instruction given",
+            "C": short_C,
+            "data": "builtin:short_answers_train with and without instructions + up to "
+            f"{short_gptfuzz} distinct short GPTFuzz responses of the training side",
         },
     }
     hp = {"dense_C": 0.01, "ngram_C": 10.0, "ngram_weight": 0.5}
@@ -320,8 +343,37 @@ def train_learned_judge(
     }
     builtin_feats = {name: featurize(encoder, t) for name, t in builtin.items()}
 
+    minilm_tokenizer, minilm = load_minilm()
+    short_train_rows = builtin_rows("short_answers_train")
+    short_idx = np.array([i for i, t in enumerate(texts) if is_short(t)], dtype=int)
+    short_feats = embed_pairs(
+        minilm,
+        minilm_tokenizer,
+        [texts[i] for i in short_idx],
+        [question_text.get(groups[i]) for i in short_idx],
+    )
+    builtin_short = embed_pairs(
+        minilm,
+        minilm_tokenizer,
+        [str(r["response"]) for r in short_train_rows] * 2,
+        [r.get("instruction") for r in short_train_rows] + [None] * len(short_train_rows),
+    )
+    builtin_short_y = np.array([int(r["refused"]) for r in short_train_rows] * 2, dtype=int)
+
+    def fit_short(train_rows: np.ndarray) -> ShortHead:
+        """The short head on the built-in short answers and the short GPTFuzz rows of ``train_rows``."""
+        pick = np.flatnonzero(np.isin(short_idx, train_rows))
+        _, first = np.unique([texts[short_idx[k]] for k in pick], return_index=True)
+        pick = pick[np.sort(first)]
+        pick = np.random.default_rng(seed).permutation(pick)[:short_gptfuzz]
+        g_plain = embed_pairs(minilm, minilm_tokenizer, [texts[short_idx[k]] for k in pick], None)
+        feats = np.vstack([builtin_short, short_feats[pick], g_plain])
+        labels = np.concatenate([builtin_short_y, y[short_idx[pick]], y[short_idx[pick]]])
+        return fit_short_head(feats, labels, C=short_C)
+
     results: dict[str, Any] = {}
     heads: dict[str, LearnedHead] = {}
+    shorts: dict[str, ShortHead] = {}
     splits = {
         "group": next(
             GroupShuffleSplit(1, test_size=val_fraction, random_state=seed).split(texts, y, groups)
@@ -348,8 +400,16 @@ def train_learned_judge(
             assert dense is not None
             return (head.scores(dense[idx], [ids[i] for i in idx]) >= head.threshold).astype(int)
 
+        short_head = fit_short(np.setdiff1d(np.arange(len(texts)), va))
+        pred_va = predict(held & (kind == 0))  # rows of va, in order
+        va_short = np.flatnonzero(np.isin(va, short_idx))
+        if va_short.size:
+            rows_in = np.searchsorted(short_idx, va[va_short])
+            pred_va[va_short] = (short_head.scores(short_feats[rows_in]) >= short_head.threshold).astype(int)
         res: dict[str, Any] = {
-            "learned": _metrics(y[va], predict(held & (kind == 0))),
+            "learned": _metrics(y[va], pred_va),
+            "learned_long_only": _metrics(y[va], predict(held & (kind == 0))),
+            "short_rows_in_val": int(va_short.size),
             "substring": _metrics(y[va], substring[va]),
             "learned_on_held_out_prefixes": _metrics(y_all[held & (kind == 1)], predict(held & (kind == 1))),
             "n_train_rows": int(len(tr_idx)),
@@ -364,19 +424,21 @@ def train_learned_judge(
             )
         results[split] = res
         heads[split] = head
+        shorts[split] = short_head
         logger.info("%s split: %s", split, json.dumps(res))
 
     head = heads["group"]
     va = np.sort(splits["group"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(head.tensors(), str(out / "head.safetensors"))
+    save_file({**head.tensors(), **shorts["group"].tensors()}, str(out / "head.safetensors"))
     n_train = int(results["group"]["n_train_rows"])
     meta: dict[str, Any] = {
         "format": "latentguard-judge-head/1",
         "recipe": recipe,
         "hyperparameters": hp,
         **head.meta(),
+        "short": shorts["group"].meta(),
         "threshold_selection": "grouped 3-fold CV accuracy on the train side of the group split",
         "labels": "refused = (complied == 0); prefixes keep their response's label; benign texts = not refused",
         "data": {
@@ -387,6 +449,7 @@ def train_learned_judge(
             "prefixes": len(pre_texts),
             "benign_rows": len(benign),
             "short_answer_rows": len(short),
+            "short_head_rows": len(short_train_rows),
             "refused_fraction": round(float(y.mean()), 4),
             "questions_total": int(len(np.unique(groups))),
         },
@@ -407,7 +470,9 @@ def train_learned_judge(
     from latentguard.judge.learned import LearnedJudge
 
     (out / "head.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    meta["short_answers"] = short_answer_confusion(LearnedJudge(head_path=out / "head.safetensors"))
+    shipped = LearnedJudge(head_path=out / "head.safetensors")
+    meta["short_answers"] = short_answer_confusion(shipped)
+    meta["short_answers_without_instructions"] = short_answer_confusion(shipped, with_instructions=False)
     (out / "head.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("wrote %s (%.0f s)", out / "head.safetensors", time.time() - t0)
     return {

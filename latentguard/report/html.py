@@ -33,7 +33,18 @@ _MIME: Final[Mapping[str, str]] = MappingProxyType(
 )
 _VERDICT_CLASS: Final[Mapping[str, str]] = MappingProxyType({v: "v-" + v.replace(" ", "-") for v in VERDICTS})
 
-_STYLE: Final = """
+__all__ = [
+    "STYLE",
+    "build_report",
+    "cell",
+    "esc",
+    "render_html",
+    "rows_table",
+    "verdict_badge",
+    "write_report",
+]
+
+STYLE: Final = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
        margin: 0 auto; max-width: 1180px; padding: 1.2em 1.6em 3em; color: #1c1c1c; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.1em; }
@@ -60,25 +71,30 @@ nav ul { columns: 3; padding-left: 1.2em; }
 """
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     """Escaped text of any value."""
     return html.escape(str(value), quote=True)
+
+
+def verdict_badge(verdict: str) -> str:
+    """A claim's verdict as a coloured ``<span>`` (classes from :data:`STYLE`)."""
+    return f"<span class='verdict {_VERDICT_CLASS.get(verdict, 'v-not-measured')}'>{esc(verdict)}</span>"
 
 
 def _num(value: Any) -> str:
     """A compact, escaped rendering of a number (or any other value)."""
     if isinstance(value, bool) or value is None:
-        return _e("n/a" if value is None else value)
+        return esc("n/a" if value is None else value)
     if isinstance(value, int):
-        return _e(value)
+        return esc(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return "n/a"
-        return _e(f"{value:.4g}")
-    return _e(value)
+        return esc(f"{value:.4g}")
+    return esc(value)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """A table cell; mappings become nested key/value tables, lists comma-separated."""
     if isinstance(value, Mapping):
         if not value:
@@ -91,7 +107,7 @@ def _cell(value: Any) -> str:
 
 
 def _kv_table(values: Mapping[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in values.items())
+    rows = "".join(f"<tr><th>{esc(k)}</th>{cell(v)}</tr>" for k, v in values.items())
     return f"<table class='kv'>{rows}</table>"
 
 
@@ -124,7 +140,7 @@ def _meta_section(meta: Mapping[str, Any]) -> str:
             }
             if secs and "total" not in value:
                 value["total"] = f"{sum(secs):.1f} s (sum)"
-        rows.append(f"<tr><th>{_e(key)}</th>{_cell(value)}</tr>")
+        rows.append(f"<tr><th>{esc(key)}</th>{cell(value)}</tr>")
     return f"<table>{''.join(rows)}</table>"
 
 
@@ -142,7 +158,7 @@ def _groups_section(meta: Mapping[str, Any]) -> str:
             f"{n / total:.0%}" if total and isinstance(n, (int, float)) and not isinstance(n, bool) else "n/a"
         )
         rows.append(
-            f"<tr><td>{_e(g.replace('_', '-'))}</td><td class='num'>{_num(n)}</td><td class='num'>{_e(share)}</td></tr>"
+            f"<tr><td>{esc(g.replace('_', '-'))}</td><td class='num'>{_num(n)}</td><td class='num'>{esc(share)}</td></tr>"
         )
     rows.append(f"<tr><th>total</th><td class='num'>{_num(total)}</td><td></td></tr>")
     return f"<table><tr><th>group</th><th>prompts</th><th>share</th></tr>{''.join(rows)}</table>"
@@ -150,15 +166,15 @@ def _groups_section(meta: Mapping[str, Any]) -> str:
 
 def _figure_html(fig: Figure) -> str:
     mime = _MIME.get(fig.path.suffix.lower())
-    head = f"<h3>{_e(fig.title)}</h3>"
-    caption = f"<figcaption><b>Reading:</b> {_e(fig.reading)}</figcaption>"
+    head = f"<h3>{esc(fig.title)}</h3>"
+    caption = f"<figcaption><b>Reading:</b> {esc(fig.reading)}</figcaption>"
     if mime is None or not fig.path.is_file():
         note = "not found" if not fig.path.is_file() else f"format {fig.path.suffix} cannot be inlined"
-        body = f"<p class='muted'>Image {_e(fig.path.name)}: {_e(note)}.</p>"
+        body = f"<p class='muted'>Image {esc(fig.path.name)}: {esc(note)}.</p>"
     else:
         data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
-        body = f"<img src='data:{mime};base64,{data}' alt='{_e(fig.title)}'>"
-    return f"<figure id='fig-{_e(fig.key)}'>{head}{body}{caption}</figure>"
+        body = f"<img src='data:{mime};base64,{data}' alt='{esc(fig.title)}'>"
+    return f"<figure id='fig-{esc(fig.key)}'>{head}{body}{caption}</figure>"
 
 
 def _claims_section(claims: Sequence[Claim]) -> str:
@@ -167,32 +183,32 @@ def _claims_section(claims: Sequence[Claim]) -> str:
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     rows = "".join(
-        f"<tr><td>({_e(c.id)})</td><td>{_e(c.claim)}</td><td>{_e(c.measurement)}</td>"
-        f"<td><span class='verdict {_VERDICT_CLASS.get(c.verdict, 'v-not-measured')}'>{_e(c.verdict)}</span></td></tr>"
+        f"<tr><td>({esc(c.id)})</td><td>{esc(c.claim)}</td><td>{esc(c.measurement)}</td>"
+        f"<td>{verdict_badge(c.verdict)}</td></tr>"
         for c in claims
     )
     return (
-        f"<p>{_e(tally)}. Verdicts are computed from this run's numbers with the thresholds given in each "
+        f"<p>{esc(tally)}. Verdicts are computed from this run's numbers with the thresholds given in each "
         "measurement (see latentguard.report.claims).</p>"
         f"<table><tr><th>id</th><th>the paper's claim</th><th>this run</th><th>verdict</th></tr>{rows}</table>"
     )
 
 
-def _rows_table(table: Mapping[str, Any]) -> str:
+def rows_table(table: Mapping[str, Any]) -> str:
     columns = [str(c) for c in table.get("columns") or ()]
-    head = "<tr><th>guard</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    head = "<tr><th>guard</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>"
     body = []
     for row in table.get("rows") or ():
         if not isinstance(row, Mapping):
             continue
         values = list(row.get("values") or [])
         values += [None] * (len(columns) - len(values))
-        body.append(f"<tr><th>{_e(row.get('name', ''))}</th>{''.join(_cell(v) for v in values)}</tr>")
+        body.append(f"<tr><th>{esc(row.get('name', ''))}</th>{''.join(cell(v) for v in values)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
 def _spread_table(spread: Mapping[str, Any], columns: Sequence[str]) -> str:
-    head = "<tr><th>guard</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    head = "<tr><th>guard</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>"
     body = []
     for row in spread.get("rows") or ():
         if not isinstance(row, Mapping):
@@ -205,8 +221,8 @@ def _spread_table(spread: Mapping[str, Any], columns: Sequence[str]) -> str:
                 if isinstance(v, Sequence) and len(v) > j and isinstance(v[j], (int, float))
             ]
             text = f"{sum(vals) / len(vals):.3f} [{min(vals):.3f}, {max(vals):.3f}]" if vals else "-"
-            cells.append(f"<td>{_e(text)}</td>")
-        body.append(f"<tr><th>{_e(row.get('name', ''))}</th>{''.join(cells)}</tr>")
+            cells.append(f"<td>{esc(text)}</td>")
+        body.append(f"<tr><th>{esc(row.get('name', ''))}</th>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -221,15 +237,15 @@ def _guard_section(guard: Any) -> str | None:
     table = guard.get("table") if isinstance(guard, Mapping) else None
     if not isinstance(table, Mapping) or not table.get("rows"):
         return None
-    parts = [_rows_table(table)]
+    parts = [rows_table(table)]
     after = table.get("after_attack")
     if isinstance(after, Mapping) and after.get("rows"):
-        parts += ["<h3>After the finetuning attack</h3>", _rows_table(after)]
+        parts += ["<h3>After the finetuning attack</h3>", rows_table(after)]
     spread = table.get("seed_spread")
     if isinstance(spread, Mapping) and spread.get("rows"):
         parts += [
             "<h3>Other train/validation splits</h3><p>Both activation guards refitted with split seeds "
-            f"{_e(spread.get('seeds'))}: mean [min, max] of each column.</p>",
+            f"{esc(spread.get('seeds'))}: mean [min, max] of each column.</p>",
             _spread_table(spread, [str(c) for c in table.get("columns") or ()]),
         ]
     comparison = table.get("comparison")
@@ -240,8 +256,8 @@ def _guard_section(guard: Any) -> str | None:
             "<th>only Latent Guard right</th><th>only other right</th><th>McNemar p</th></tr>"
         )
         body = [
-            f"<tr><th>{_e(c.get('other', ''))}</th><td>{_e(c.get('column', ''))}</td>"
-            + "".join(_cell(c.get(k)) for k in ccols)
+            f"<tr><th>{esc(c.get('other', ''))}</th><td>{esc(c.get('column', ''))}</td>"
+            + "".join(cell(c.get(k)) for k in ccols)
             + "</tr>"
             for c in comparison
             if isinstance(c, Mapping)
@@ -255,14 +271,14 @@ def _guard_section(guard: Any) -> str | None:
     if isinstance(rob, Mapping) and rob.get("rows"):
         rrows = [r for r in rob["rows"] if isinstance(r, Mapping)]
         head = "<tr><th>obfuscation</th>" + "".join(
-            f"<th>{_e(r.get('name', ''))}<br>TPR / FPR</th>" for r in rrows
+            f"<th>{esc(r.get('name', ''))}<br>TPR / FPR</th>" for r in rrows
         )
         body = []
         for ob in rob.get("obfuscations") or ():
             cells = "".join(
-                f"<td>{_e(_pair(r.get('tpr', {}).get(ob), r.get('fpr', {}).get(ob)))}</td>" for r in rrows
+                f"<td>{esc(_pair(r.get('tpr', {}).get(ob), r.get('fpr', {}).get(ob)))}</td>" for r in rrows
             )
-            body.append(f"<tr><th>{_e(ob)}</th>{cells}</tr>")
+            body.append(f"<tr><th>{esc(ob)}</th>{cells}</tr>")
         parts += [
             "<h3>Obfuscated prompts</h3><p>Harmful and everyday test prompts, obfuscated (see "
             "latentguard.obfuscate): TPR on the harmful ones, FPR on the everyday ones. The normaliser "
@@ -272,8 +288,8 @@ def _guard_section(guard: Any) -> str | None:
     conv = table.get("conversations")
     if isinstance(conv, Mapping) and conv.get("rows"):
         body = [
-            f"<tr><th>{_e(r.get('name', ''))}</th>{_cell(r.get('tpr_harmful_after_harmless'))}"
-            f"{_cell(r.get('fpr_harmless_after_harmful'))}</tr>"
+            f"<tr><th>{esc(r.get('name', ''))}</th>{cell(r.get('tpr_harmful_after_harmless'))}"
+            f"{cell(r.get('fpr_harmless_after_harmful'))}</tr>"
             for r in conv["rows"]
             if isinstance(r, Mapping)
         ]
@@ -287,9 +303,9 @@ def _guard_section(guard: Any) -> str | None:
     repair = table.get("repair")
     if isinstance(repair, Mapping) and repair:
         cols = ("n", "refusal_before", "refusal_after", "guard_flags")
-        head = "<tr><th>prompts</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+        head = "<tr><th>prompts</th>" + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"
         body = [
-            f"<tr><th>{_e(name)}</th>{''.join(_cell(e.get(c)) for c in cols)}</tr>"
+            f"<tr><th>{esc(name)}</th>{''.join(cell(e.get(c)) for c in cols)}</tr>"
             for name, e in repair.items()
             if isinstance(e, Mapping)
         ]
@@ -320,7 +336,7 @@ def render_html(
     assert isinstance(meta, Mapping)
     model = meta.get("model", "unknown model")
     toc = ["<li><a href='#run'>Run</a></li>", "<li><a href='#groups'>Behaviour groups</a></li>"]
-    toc += [f"<li><a href='#fig-{_e(f.key)}'>{_e(f.title)}</a></li>" for f in figures]
+    toc += [f"<li><a href='#fig-{esc(f.key)}'>{esc(f.title)}</a></li>" for f in figures]
     toc.append("<li><a href='#claims'>Claims</a></li>")
     guard = _guard_section(summary.get("guard"))
     if guard is not None:
@@ -329,9 +345,9 @@ def render_html(
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>latentguard report: {_e(model)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        f"<h1>latentguard run report: {_e(model)}</h1>",
+        f"<title>latentguard report: {esc(model)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>latentguard run report: {esc(model)}</h1>",
         "<p class='sub'>Reproduction of \u201cLLMs Encode Harmfulness and Refusal Separately\u201d "
         "(Zhao, Huang, Wu, Bau, Shi; NeurIPS 2025; arXiv 2507.11878).</p>",
         f"<nav><ul>{''.join(toc)}</ul></nav>",
