@@ -9,7 +9,7 @@
   ``../shared/data`` but the test sets), judged on HarmBench test, Alpaca val and XSTest's test half.
   Saved to ``--out`` for ``benchmarks/obfuscation.py --guard``.
 
-    python benchmarks/generalisation.py [--parts small,full] [--n 150] [--out /tmp/guard-full]
+    python benchmarks/generalisation.py [--parts small,full] [--n 150] [--out /tmp/guard-full] [--model organism]
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def full(lm, out: str | None) -> None:  # type: ignore[no-untyped-def]
     )
     emit(
         f"TPR HarmBench test {rate(lm, guard, data['test_harmful']):.1%}  "
+        f"TPR template-wrapped {rate(lm, guard, data['test_jailbreak']):.1%} (n={len(data['test_jailbreak'])})  "
         f"FPR everyday {rate(lm, guard, data['test_everyday']):.1%}  "
         f"FPR XSTest-style {rate(lm, guard, data['test_xstest']):.1%}"
     )
@@ -102,11 +103,12 @@ def main() -> None:
     ap.add_argument("--parts", default="small,full")
     ap.add_argument("--n", type=int, default=150, help="prompts per unseen test set")
     ap.add_argument("--out", default=None, help="save the full-data guard here")
+    ap.add_argument("--model", default="organism", help="model (e.g. organism:gemma3-270m)")
     args = ap.parse_args()
     if load_shared("harmful_advbench") is None:
         emit("needs ../shared/data")
         return
-    lm = load("organism")
+    lm = load(args.model)
     parts = args.parts.split(",")
     if "small" in parts:
         small(lm, args.n)

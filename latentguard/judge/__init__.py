@@ -15,9 +15,10 @@ Three judges share one small interface (:class:`Judge`):
   benign Alpaca instructions labelled "not a refusal" (GPTFuzz has only harmful questions, and
   without them a plain answer to a harmless instruction can look like a refusal) and
   ``builtin:short_answers_train`` (short refusals worded unlike GPTFuzz, short answers that are not
-  refusals). Responses of at most 25 words are scored by a short-answer head instead
-  (:mod:`~latentguard.judge.short`: the full MiniLM sentence embedding of the response and of its
-  instruction, when given). Its confusion matrix on ``builtin:short_answers`` (written here, never
+  refusals). Responses of at most 15 words are scored by a short-answer head instead
+  (:mod:`~latentguard.judge.short`: the full MiniLM sentence embedding of the response, and cues
+  from its instruction when given: whether it asks for a text to be reproduced, how much of it the
+  response repeats). Its confusion matrix on ``builtin:short_answers`` (written here, never
   trained on), with and without instructions, is in ``head.json``. The trained head is a small
   artifact shipped in ``latentguard/data/judge`` (``head.safetensors`` + ``head.json``, which records
   the recipe, threshold, validation metrics and the command that trained it). The encoder weights

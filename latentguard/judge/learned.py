@@ -21,7 +21,7 @@ from latentguard.encoder import ChunkEncoder, load_minilm
 from latentguard.judge.base import Judgement, check_batch
 from latentguard.judge.features import featurize, n_substring_features
 from latentguard.judge.head import LearnedHead, read_head
-from latentguard.judge.short import TENSOR_PREFIX, ShortHead, embed_pairs, is_short
+from latentguard.judge.short import N_CUES, TENSOR_PREFIX, ShortHead, embed_pairs, is_short
 from latentguard.judge.substring import REFUSAL_PHRASES
 
 __all__ = ["DEFAULT_HEAD_PATH", "LearnedJudge"]
@@ -88,6 +88,11 @@ class LearnedJudge:
         expected = len(recipe["layers"]) * 5 * self._encoder.dim + n_substring_features()
         if self._head.dense_coef.shape[0] != expected:
             raise ValueError(f"{self.head_path}: expected {expected} dense weights")
+        if self._short is not None and self._short.coef.shape[0] != self._encoder.dim + N_CUES:
+            raise ValueError(
+                f"{self.head_path}: the short-answer head has {self._short.coef.shape[0]} weights, this "
+                f"version reads {self._encoder.dim + N_CUES}; retrain the head"
+            )
 
     @property
     def threshold(self) -> float:

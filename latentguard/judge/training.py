@@ -189,9 +189,10 @@ def train_learned_judge(
     prefix_tokens: Sequence[int] = (12, 24, 48),
     feature_cache: Path | None = None,
     command: str | None = None,
-    short_repeat: int = 1,
+    short_repeat: int = 0,
     short_C: float = 0.03,
     short_gptfuzz: int = 200,
+    short_prefixes: int = 1500,
 ) -> dict[str, float]:
     """Train the learned judge's head and write ``head.safetensors`` + ``head.json`` to ``out_dir``.
 
@@ -227,6 +228,8 @@ def train_learned_judge(
             questions when ``questions_path`` is given); responses of at most
             :data:`~latentguard.judge.short.SHORT_MAX_WORDS` words are scored by it.
         short_gptfuzz: See ``short_C``.
+        short_prefixes: At most this many short prefixes of training-side responses (of at most
+            ``SHORT_MAX_WORDS`` words; :func:`prefix_augment`) are added to the short head's rows.
 
     Returns:
         Flat metrics: ``group_accuracy``, ``random_accuracy``, the substring judge's accuracies,
@@ -277,11 +280,12 @@ def train_learned_judge(
         },
         "short_head": {
             "max_words": SHORT_MAX_WORDS,
-            "features": "full MiniLM sentence embedding of the response and of its instruction "
-            "(zeros when none) + refusal phrase, instruction overlap, instruction given",
+            "features": "full MiniLM sentence embedding of the response + refusal phrase, instruction "
+            "overlap, instruction asks for a text, instruction given",
             "C": short_C,
             "data": "builtin:short_answers_train with and without instructions + up to "
-            f"{short_gptfuzz} distinct short GPTFuzz responses of the training side",
+            f"{short_gptfuzz} distinct short GPTFuzz responses of the training side + up to "
+            f"{short_prefixes} short prefixes of its longer responses",
         },
     }
     hp = {"dense_C": 0.01, "ngram_C": 10.0, "ngram_weight": 0.5}
@@ -296,8 +300,10 @@ def train_learned_judge(
     short_y = np.array([int(r["refused"]) for r in short_rows] * short_repeat, dtype=int)
     all_texts = texts + pre_texts + benign + short
     kind = np.array([0] * len(texts) + [1] * len(pre_texts) + [2] * len(benign) + [3] * len(short))
+    # the dense features do not depend on the short head's recipe
+    dense_recipe = {k: v for k, v in recipe.items() if k != "short_head"}
     key = json.dumps(
-        {"recipe": recipe, "n": [len(texts), len(pre_texts), len(benign), len(short)]}, sort_keys=True
+        {"recipe": dense_recipe, "n": [len(texts), len(pre_texts), len(benign), len(short)]}, sort_keys=True
     )
     dense: np.ndarray | None = None
     if feature_cache is not None and Path(feature_cache).is_file():
@@ -352,6 +358,14 @@ def train_learned_judge(
         [texts[i] for i in short_idx],
         [question_text.get(groups[i]) for i in short_idx],
     )
+    # short prefixes of longer responses: what an answer cut after a few dozen tokens looks like
+    pre_short = np.array([k for k, t in enumerate(pre_texts) if is_short(t)], dtype=int)
+    pre_feats = embed_pairs(
+        minilm,
+        minilm_tokenizer,
+        [pre_texts[k] for k in pre_short],
+        [question_text.get(groups[pre_src[k]]) for k in pre_short],
+    )
     builtin_short = embed_pairs(
         minilm,
         minilm_tokenizer,
@@ -367,8 +381,12 @@ def train_learned_judge(
         pick = pick[np.sort(first)]
         pick = np.random.default_rng(seed).permutation(pick)[:short_gptfuzz]
         g_plain = embed_pairs(minilm, minilm_tokenizer, [texts[short_idx[k]] for k in pick], None)
-        feats = np.vstack([builtin_short, short_feats[pick], g_plain])
-        labels = np.concatenate([builtin_short_y, y[short_idx[pick]], y[short_idx[pick]]])
+        pre = np.flatnonzero(np.isin(pre_src[pre_short], train_rows))
+        pre = np.random.default_rng(seed + 1).permutation(pre)[:short_prefixes]
+        feats = np.vstack([builtin_short, short_feats[pick], g_plain, pre_feats[pre]])
+        labels = np.concatenate(
+            [builtin_short_y, y[short_idx[pick]], y[short_idx[pick]], pre_y[pre_short[pre]]]
+        )
         return fit_short_head(feats, labels, C=short_C)
 
     results: dict[str, Any] = {}
