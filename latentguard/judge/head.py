@@ -18,13 +18,37 @@ import numpy as np
 
 from latentguard.judge.features import ngram_indices, tfidf_rows
 
-__all__ = ["LearnedHead", "fit_head", "read_head"]
+__all__ = ["LearnedHead", "fit_head", "read_head", "sigmoid", "standardised_logistic"]
 
 logger = logging.getLogger(__name__)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, clipped against overflow."""
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+
+
+def standardised_logistic(
+    x: np.ndarray, y: np.ndarray, C: float, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A logistic regression on standardised features.
+
+    Args:
+        x: ``(n, d)`` features.
+        y: 0/1 labels.
+        C: Inverse L2 strength.
+        sample_weight: Optional weight of each row.
+
+    Returns:
+        ``(mean, scale, coef, intercept)``: score new rows as ``((x - mean) / scale) @ coef + intercept``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-8] = 1.0
+    lr = LogisticRegression(C=C, max_iter=5000).fit((x - mean) / scale, y, sample_weight=sample_weight)
+    return mean, scale, lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
 
 @dataclass
@@ -113,7 +137,7 @@ class LearnedHead:
         rows = tfidf_rows(token_ids, self.ngram_idf, self.vocab_size, self.bigram_bits)
         z_ngram = np.array([float(v @ self.ngram_coef[i]) for i, v in rows]) + self.ngram_intercept
         w = self.ngram_weight
-        return np.asarray((1.0 - w) * _sigmoid(z_dense) + w * _sigmoid(z_ngram), dtype=np.float64)
+        return np.asarray((1.0 - w) * sigmoid(z_dense) + w * sigmoid(z_ngram), dtype=np.float64)
 
 
 def read_head(head_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -167,10 +191,7 @@ def fit_head(
     from sklearn.model_selection import GroupKFold
 
     def fit(idx: np.ndarray, threshold: float) -> LearnedHead:
-        mean = dense[idx].mean(0)
-        scale = dense[idx].std(0)
-        scale[scale < 1e-8] = 1.0
-        dlr = LogisticRegression(C=hp["dense_C"], max_iter=5000).fit((dense[idx] - mean) / scale, y[idx])
+        mean, scale, dense_coef, dense_intercept = standardised_logistic(dense[idx], y[idx], hp["dense_C"])
         n_feat = vocab_size + (1 << bigram_bits)
         df = np.zeros(n_feat)
         for i in idx:
@@ -189,8 +210,8 @@ def fit_head(
         return LearnedHead(
             dense_mean=mean,
             dense_scale=scale,
-            dense_coef=dlr.coef_[0].astype(np.float64),
-            dense_intercept=float(dlr.intercept_[0]),
+            dense_coef=dense_coef,
+            dense_intercept=dense_intercept,
             ngram_idf=idf,
             ngram_coef=nlr.coef_[0].astype(np.float64),
             ngram_intercept=float(nlr.intercept_[0]),

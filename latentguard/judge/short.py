@@ -28,6 +28,7 @@ from typing import Any, Final
 import numpy as np
 
 from latentguard.judge.base import normalise
+from latentguard.judge.head import sigmoid, standardised_logistic
 from latentguard.judge.substring import has_refusal_phrase
 
 __all__ = [
@@ -126,8 +127,7 @@ class ShortHead:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Refusal probabilities of ``(n, d + 4)`` features."""
-        z = ((features - self.mean) / self.scale) @ self.coef + self.intercept
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+        return sigmoid(((features - self.mean) / self.scale) @ self.coef + self.intercept)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Arrays stored in ``head.safetensors`` (names start with :data:`TENSOR_PREFIX`)."""
@@ -185,21 +185,10 @@ def fit_short_head(
     Raises:
         ValueError: When ``y`` does not hold both classes.
     """
-    from sklearn.linear_model import LogisticRegression
-
     if len(np.unique(y)) < 2:
         raise ValueError("the short head needs both refusals and answers")
-    mean = features.mean(0)
-    scale = features.std(0)
-    scale[scale < 1e-8] = 1.0
-    lr = LogisticRegression(C=C, max_iter=5000).fit((features - mean) / scale, y, sample_weight=sample_weight)
-    return ShortHead(
-        mean=mean,
-        scale=scale,
-        coef=lr.coef_[0].astype(np.float64),
-        intercept=float(lr.intercept_[0]),
-        max_words=max_words,
-    ).rounded()
+    mean, scale, coef, intercept = standardised_logistic(features, y, C, sample_weight)
+    return ShortHead(mean=mean, scale=scale, coef=coef, intercept=intercept, max_words=max_words).rounded()
 
 
 def embed_pairs(

@@ -83,13 +83,12 @@ class Comparison:
 
     def agreement(self, cid: str) -> str:
         """``"agree"``, ``"differ"`` or ``"-"`` (fewer than two runs measured claim ``cid``)."""
-        verdicts = {
+        verdicts = [
             c.verdict for r in self.runs for c in r.claims if c.id == cid and c.verdict != NOT_MEASURED
-        }
-        counted = sum(1 for r in self.runs for c in r.claims if c.id == cid and c.verdict != NOT_MEASURED)
-        if counted < 2:
+        ]
+        if len(verdicts) < 2:
             return "-"
-        return "agree" if len(verdicts) == 1 else "differ"
+        return "agree" if len(set(verdicts)) == 1 else "differ"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (:meth:`from_dict` reads it back)."""
