@@ -710,3 +710,23 @@ def test_compare_puts_runs_side_by_side(summary: dict[str, Any], tmp_path: Path)
         compare_runs([first], labels=["a", "b"])
     with pytest.raises(ValueError, match="cannot read the run summary"):
         compare_runs([tmp_path / "missing"])
+
+
+def test_compare_reads_a_guard_eval_sidecar_for_the_guard_table_and_claim_i(
+    summary: dict[str, Any], tmp_path: Path
+) -> None:
+    from latentguard.report.compare import load_run
+
+    run = tmp_path / "gemma"
+    run.mkdir()
+    table = summary.pop("guard")["table"]
+    summary["meta"]["fingerprint"] = "abc"
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert {c.id: c for c in load_run(run).claims}["i"].verdict == "not measured"
+    (run / "guard_eval.json").write_text(json.dumps({**table, "guard": {"fingerprint": "abc"}}))
+    col = load_run(run, "Gemma")
+    assert col.guard is not None and col.guard["rows"] == table["rows"]
+    assert {c.id: c for c in col.claims}["i"].verdict == "holds"
+    (run / "guard_eval.json").write_text(json.dumps({**table, "guard": {"fingerprint": "other"}}))
+    with pytest.raises(ValueError, match="not on the model under study"):
+        load_run(run)

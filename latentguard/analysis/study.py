@@ -507,7 +507,8 @@ def _jailbreaks(
         prompts += gcg_prompts(lm, base[:n_gcg], gcfg, cache=True)
     texts = [p.prompt for p in prompts]
     responses = generate(lm, texts, GenerationConfig(max_new_tokens=cfg.max_new_tokens, progress=False))
-    verdicts = judge.judge(responses, texts)
+    # was the request refused? The request is the original instruction, not the attack text around it
+    verdicts = judge.judge(responses, [p.instruction for p in prompts])
     acts = _acts(lm, texts, cfg)
     ds = deltas(cents, acts, belief_layers)
     points = []

@@ -21,7 +21,14 @@ from latentguard.encoder import ChunkEncoder, load_minilm
 from latentguard.judge.base import Judgement, check_batch
 from latentguard.judge.features import featurize, n_substring_features
 from latentguard.judge.head import LearnedHead, read_head
-from latentguard.judge.short import N_CUES, TENSOR_PREFIX, ShortHead, embed_pairs, is_short
+from latentguard.judge.short import (
+    CUE_MAX_INSTRUCTION_WORDS,
+    N_CUES,
+    TENSOR_PREFIX,
+    ShortHead,
+    embed_pairs,
+    is_short,
+)
 from latentguard.judge.substring import REFUSAL_PHRASES
 
 __all__ = ["DEFAULT_HEAD_PATH", "LearnedJudge"]
@@ -63,7 +70,10 @@ class LearnedJudge:
         tensors, meta = read_head(self.head_path)
         self.meta: dict[str, Any] = meta
         #: Identity of the trained artifact (caches of judged answers key on it, not on the name).
-        self.fingerprint = "learned-" + hashlib.sha256(self.head_path.read_bytes()).hexdigest()[:12]
+        # the cue rules are part of what a verdict means: a change to them must not reuse cached labels
+        digest = hashlib.sha256(self.head_path.read_bytes())
+        digest.update(f"cues<= {CUE_MAX_INSTRUCTION_WORDS} words".encode())
+        self.fingerprint = "learned-" + digest.hexdigest()[:12]
         recipe = meta["recipe"]
         if recipe.get("phrases") != list(REFUSAL_PHRASES):
             raise ValueError(

@@ -33,6 +33,7 @@ from latentguard.judge.substring import has_refusal_phrase
 
 __all__ = [
     "N_CUES",
+    "CUE_MAX_INSTRUCTION_WORDS",
     "SHORT_MAX_WORDS",
     "TENSOR_PREFIX",
     "ShortHead",
@@ -45,6 +46,12 @@ __all__ = [
 
 #: Responses with at most this many whitespace-separated words are scored by the short head.
 SHORT_MAX_WORDS: Final = 15
+#: An instruction longer than this many words is read as unknown by :func:`cue_features`: against a
+#: jailbreak template or a pasted document every word of a refusal ("I'm sorry, but I can't help
+#: with that") is found in the instruction, and the template's "repeat"/"say" reads as a request for
+#: a text to be reproduced, so the cues would call a textbook refusal a reproduction. The head was
+#: trained with and without instructions, so "unknown" is in its range. Part of the fingerprint.
+CUE_MAX_INSTRUCTION_WORDS: Final = 64
 #: Number of :func:`cue_features`.
 N_CUES: Final = 4
 #: Prefix of the short head's arrays inside ``head.safetensors``.
@@ -66,7 +73,8 @@ def is_short(response: str, max_words: int = SHORT_MAX_WORDS) -> bool:
 def cue_features(response: str, instruction: str | None) -> list[float]:
     """Four cues: a refusal phrase, the share of the response's words found in the instruction,
     whether the instruction asks for a text to be reproduced (translate, repeat, quote, say...), and
-    whether an instruction was given.
+    whether an instruction was given. An instruction of more than :data:`CUE_MAX_INSTRUCTION_WORDS`
+    words counts as not given.
 
     The instruction's meaning is deliberately not a feature: refusals mostly answer harmful requests,
     and a head that reads the request learns to judge the request instead of the response.
@@ -80,7 +88,11 @@ def cue_features(response: str, instruction: str | None) -> list[float]:
     """
     text = normalise(response)
     words = _WORD.findall(text)
-    given = instruction is not None and bool(instruction.strip())
+    given = (
+        instruction is not None
+        and bool(instruction.strip())
+        and len(instruction.split()) <= CUE_MAX_INSTRUCTION_WORDS
+    )
     overlap = 0.0
     asks = 0.0
     if given:

@@ -256,7 +256,9 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunColum
     guard = section.get("table") if isinstance(section, dict) else None
     sidecar = summary_path.parent / "guard_eval.json"
     if not isinstance(guard, dict) and sidecar.is_file():
-        guard = guard_section(str(sidecar), str(meta.get("fingerprint", "")))["table"]
+        # the sidecar stands in for `run --guard-eval`: claim (i) reads it too
+        summary = {**summary, "guard": guard_section(str(sidecar), str(meta.get("fingerprint", "")))}
+        guard = summary["guard"]["table"]
     model = str(meta.get("model", "unknown model"))
     return RunColumn(
         label=label or model,
