@@ -35,7 +35,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check latentguard tests benchmarks
 	$(VENV)/bin/ruff format --check latentguard tests benchmarks
-	$(VENV)/bin/mypy latentguard
+	$(VENV)/bin/mypy latentguard benchmarks
 	$(VENV)/bin/lint-imports
 
 bench: setup

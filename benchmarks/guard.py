@@ -155,7 +155,7 @@ def fused(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats:
     prof.disable()
     guard_work = sum(
         ct
-        for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in pstats.Stats(prof).stats.items()
+        for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in pstats.Stats(prof).stats.items()  # type: ignore[attr-defined]
         if (file.endswith("guarded.py") and name in ("hook", "_post", "register", "remove", "stacked"))
         or (file.endswith("score.py") and name in ("results_from_states", "templated"))
     )
@@ -235,8 +235,11 @@ def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: 
     import httpx
 
     from latentguard.guard.serve import ServeConfig, create_app
+    from latentguard.guard.types import Policy
 
-    config = ServeConfig(policy="allow", max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600)
+    config = ServeConfig(
+        policy=Policy("allow"), max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600
+    )
     on_url, stop_on = start_server(create_app(LatentGuardBackend(lm, guard), config))
     off_url, stop_off = start_server(create_app(LatentGuardBackend(lm, guard, guard_enabled=False), config))
     body = {"model": "m", "max_tokens": max_new_tokens, "temperature": 0}
@@ -317,7 +320,7 @@ def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: 
 
 def _throughput(
     lm: Any, guard: Any, prompts: list[str], audit_db: str | None, n_clients: int, per_client: int
-) -> float:
+) -> tuple[float, dict[str, float]]:
     """Classify requests/s of one fresh server (8 clients, one prompt per request), with or without audit."""
     import httpx
     import uvicorn
