@@ -238,7 +238,7 @@ def chat(lm: Any, guard: Any, prompts: list[str], max_new_tokens: int, repeats: 
     from latentguard.guard.types import Policy
 
     config = ServeConfig(
-        policy=Policy("allow"), max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600
+        policy=Policy.ALLOW, max_new_tokens_limit=max(512, max_new_tokens), request_timeout_s=600
     )
     on_url, stop_on = start_server(create_app(LatentGuardBackend(lm, guard), config))
     off_url, stop_off = start_server(create_app(LatentGuardBackend(lm, guard, guard_enabled=False), config))

@@ -65,7 +65,10 @@ _ASKS_FOR_TEXT = re.compile(
 
 
 def is_short(response: str, max_words: int = SHORT_MAX_WORDS) -> bool:
-    """Whether the short head scores ``response`` (non-empty, at most ``max_words`` words)."""
+    """Whether ``response`` is non-empty with at most ``max_words`` words (the short head scores those).
+
+    :func:`cue_features` uses it for instructions too, with :data:`CUE_MAX_INSTRUCTION_WORDS`.
+    """
     n = len(response.split())
     return 0 < n <= max_words
 
@@ -88,11 +91,7 @@ def cue_features(response: str, instruction: str | None) -> list[float]:
     """
     text = normalise(response)
     words = _WORD.findall(text)
-    given = (
-        instruction is not None
-        and bool(instruction.strip())
-        and len(instruction.split()) <= CUE_MAX_INSTRUCTION_WORDS
-    )
+    given = instruction is not None and is_short(instruction, CUE_MAX_INSTRUCTION_WORDS)
     overlap = 0.0
     asks = 0.0
     if given:
